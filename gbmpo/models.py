@@ -105,9 +105,10 @@ def _file_lock(path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def ensure_tiny(cfg: PretrainSection, progress: bool = True) -> Path:
+def ensure_tiny(cfg: PretrainSection, progress: bool = True, device: str = "cpu") -> Path:
     """Return the cached tiny model directory, pretraining it first if absent (file-locked,
-    so concurrent cells wait for one pretraining instead of racing)."""
+    so concurrent cells wait for one pretraining instead of racing). `device` only says where
+    a missing base is pretrained; the cache key does not depend on it."""
     target = tiny_dir(cfg)
     if (target / "pretrain.json").is_file():
         return target
@@ -116,7 +117,7 @@ def ensure_tiny(cfg: PretrainSection, progress: bool = True) -> Path:
             return target
         tmp = target.with_name(target.name + f".tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        info = pretrain_tiny(cfg, tmp, progress=progress)
+        info = pretrain_tiny(cfg, tmp, progress=progress, device=device)
         (tmp / "pretrain.json").write_text(json.dumps(info, indent=1))
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
@@ -127,23 +128,27 @@ def _sft_corpus(cfg: PretrainSection) -> list[tuple[str, str]]:
     from gbmpo.tasks import TASKS
 
     pairs = []
+    rng = random.Random(cfg.seed)
     for name in cfg.tasks:
         task = TASKS.get(name)()
         try:
-            pairs += [(task.build_prompt(ex), task.reference_completion(ex))
+            pairs += [(task.build_prompt(ex), task.demonstration(ex, rng, cfg.slip_rate))
                       for ex in task.split("train")]
         finally:
             task.close()
     return pairs
 
 
-def pretrain_tiny(cfg: PretrainSection, out: Path, progress: bool = True) -> dict[str, Any]:
-    """Supervised pretraining on prompt -> reference completion (loss on the completion and EOS)."""
+def pretrain_tiny(cfg: PretrainSection, out: Path, progress: bool = True,
+                  device: str = "cpu") -> dict[str, Any]:
+    """Supervised pretraining on prompt -> demonstration (loss on the completion and EOS)."""
     from tqdm.auto import tqdm
 
     t0 = time.time()
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     tok = build_char_tokenizer()
-    model = build_tiny_model(cfg, len(tok), tok.eos_token_id, tok.pad_token_id)
+    model = build_tiny_model(cfg, len(tok), tok.eos_token_id, tok.pad_token_id).to(device)
     n_params = sum(p.numel() for p in model.parameters())
     pairs = _sft_corpus(cfg)
     rng = random.Random(cfg.seed)
@@ -160,7 +165,7 @@ def pretrain_tiny(cfg: PretrainSection, out: Path, progress: bool = True) -> dic
     loss_ema = None
     for step in bar:
         batch = rng.sample(pairs, cfg.batch_size)
-        ids, labels = _sft_batch(tok, batch)
+        ids, labels = (t.to(device) for t in _sft_batch(tok, batch))
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         out_ = model(input_ids=ids, attention_mask=(ids != tok.pad_token_id).long(), labels=labels)
@@ -172,7 +177,7 @@ def pretrain_tiny(cfg: PretrainSection, out: Path, progress: bool = True) -> dic
         loss_ema = cur if loss_ema is None else 0.95 * loss_ema + 0.05 * cur
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss_ema:.3f}")
-    model.eval()
+    model.eval().to("cpu")
     out.mkdir(parents=True, exist_ok=True)
     from transformers.utils import logging as hf_logging
 
@@ -181,7 +186,7 @@ def pretrain_tiny(cfg: PretrainSection, out: Path, progress: bool = True) -> dic
     tok.save_pretrained(out)
     return {"config": dataclasses.asdict(cfg), "params": n_params, "final_loss": loss_ema,
             "wall_time_s": round(time.time() - t0, 1), "key": tiny_key(cfg),
-            "torch": torch.__version__}
+            "torch": torch.__version__, "device": str(device)}
 
 
 def _sft_batch(tok, batch: list[tuple[str, str]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -205,7 +210,7 @@ def _sft_batch(tok, batch: list[tuple[str, str]]) -> tuple[torch.Tensor, torch.T
 def resolve_model_path(cfg: RunConfig, name: str | None = None, progress: bool = True) -> str:
     name = cfg.model.name if name is None else name
     if name == "tiny":
-        return str(ensure_tiny(cfg.pretrain, progress=progress))
+        return str(ensure_tiny(cfg.pretrain, progress=progress, device=cfg.run.device))
     return name
 
 

@@ -208,6 +208,11 @@ def _rl_step(cfg, step, examples, task, tok, policy, reference, backend, algo, d
     gen_time = time.time() - t0
     scores = task.score([ex for ex in examples for _ in range(G)], batch.texts)
     rewards_B = torch.tensor([s.reward for s in scores], dtype=torch.float32, device=device)
+    # off-policy preference pairs (f-HAL): drawn before this batch is offered to the algorithm
+    pairs = algo.preference_pairs(step)
+    algo.observe([p for p in prompts for _ in range(G)], batch.texts,
+                 [s.correct for s in scores], batch.group_ids.tolist())
+    pair_batch = _encode_pairs(pairs, tok, device) if pairs else None
     group_ids_B = batch.group_ids.to(device)
     prompt_ids, prompt_mask = batch.prompt_ids.to(device), batch.prompt_mask.to(device)
     comp_ids, mask = batch.completion_ids.to(device), batch.completion_mask.to(device)
@@ -233,6 +238,7 @@ def _rl_step(cfg, step, examples, task, tok, policy, reference, backend, algo, d
     pg_BT, D_BT = torch.zeros_like(logp_old), torch.zeros_like(logp_old)
     clipped_BT = torch.zeros_like(mask)
     clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+    pair_loss = 0.0
     for _ in range(cfg.optim.updates_per_batch):
         opt.zero_grad(set_to_none=True)
         loss_total = 0.0
@@ -258,6 +264,13 @@ def _rl_step(cfg, step, examples, task, tok, policy, reference, backend, algo, d
             pg_BT[s], D_BT[s] = pg.detach(), D.detach()
             if "clipped" in stats:
                 clipped_BT[s] = stats["clipped"]
+        if pair_batch is not None:
+            pl = algo.pair_loss(*_pair_logratios(policy, reference, pair_batch, R.temperature))
+            if not torch.isfinite(pl):
+                raise Diverged(step, "pair loss")
+            pl.backward()
+            pair_loss = float(pl.detach())
+            loss_total += pair_loss
         grad_norm = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), clip))
         if not math.isfinite(grad_norm):
             raise Diverged(step, "gradient norm")
@@ -280,6 +293,8 @@ def _rl_step(cfg, step, examples, task, tok, policy, reference, backend, algo, d
         "reg_pg_ratio": abs_reg / abs_pg if abs_pg > 0 else (0.0 if abs_reg == 0 else math.inf),
         "pg_loss": float(aggregate(pg_BT, mask, algo.aggregation, R.max_new_tokens)),
         "loss": loss_total,
+        "pairs": len(pairs),
+        "pair_loss": pair_loss,
         "grad_norm": grad_norm,
         "lr": sched.get_last_lr()[0],
         "gen_time_s": gen_time,
@@ -289,6 +304,34 @@ def _rl_step(cfg, step, examples, task, tok, policy, reference, backend, algo, d
         "train_tokens_per_s": (n_tokens + float(prompt_mask.sum())) * cfg.optim.updates_per_batch
         / train_time if train_time > 0 else 0.0,
     }
+
+
+def _encode_pairs(pairs, tok, device):
+    """Preference pairs as one batch: chosen completions first, then rejected ones, each after
+    its left-padded prompt and ended with EOS (a finished response), right-padded."""
+    prompts = [p.prompt for p in pairs] * 2
+    comps = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    ids = [tok.encode(c, add_special_tokens=False) + [tok.eos_token_id] for c in comps]
+    comp = torch.full((len(ids), max(map(len, ids))), tok.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(comp, dtype=torch.bool)
+    for i, row in enumerate(ids):
+        comp[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = True
+    return (enc["input_ids"].to(device), enc["attention_mask"].bool().to(device), comp.to(device),
+            mask.to(device))
+
+
+def _pair_logratios(policy, reference, pair_batch, temperature):
+    """(chosen, rejected) sequence log-ratios sum_t log(pi/pi_ref), each (K,); grad via pi."""
+    prompt_ids, prompt_mask, comp, mask = pair_batch
+    logp = sequence_logprobs(policy, prompt_ids, prompt_mask, comp, mask, temperature)[0]
+    with torch.no_grad():
+        logp_ref = sequence_logprobs(reference, prompt_ids, prompt_mask, comp, mask,
+                                     temperature)[0]
+    lr_K2 = masked(logp - logp_ref, mask).sum(dim=1)
+    K = lr_K2.shape[0] // 2
+    return lr_K2[:K], lr_K2[K:]
 
 
 def make_schedule(opt, cfg: RunConfig):

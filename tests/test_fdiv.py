@@ -224,3 +224,115 @@ def test_fgrpo_with_an_f_penalty_trains_a_tiny_cell(tmp_path):
     train_rows = [r for r in rows if r["kind"] == "train"]
     assert len(train_rows) == 2
     assert all(math.isfinite(r["loss"]) and r["divergence"] >= 0 for r in train_rows)
+
+
+# ---- fhal: the same estimator on off-policy preference pairs ----------------------------
+def _fhal(**kw):
+    return ALGORITHMS.get("fhal")(**kw)
+
+
+@pytest.mark.parametrize("name", F_NAMES)
+def test_fhal_pair_loss_is_the_variational_estimator_with_chosen_as_e_plus(name):
+    fd = fdiv.get(name)
+    lc = torch.tensor([0.3, -1.2, 2.0], dtype=D)
+    lr = torch.tensor([-0.5, 0.8, 0.0], dtype=D)
+    got = _fhal(f=name, beta=0.5, mix=0.25).pair_loss(lc, lr)
+    want = 0.25 * (-fd.link(0.5 * lc) + fd.conjugate(fd.link(0.5 * lr))).mean()
+    assert float(got) == pytest.approx(float(want), rel=1e-9, abs=1e-12)
+
+
+def test_fhal_with_mix_zero_is_fgrpo():
+    view = fgrpo_view([1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0], seed=4)
+    a = _loss(ALGORITHMS.get("fgrpo")(f="js", beta=0.3), view)
+    b = _loss(_fhal(f="js", beta=0.3, mix=0.0), view)
+    c = _loss(_fhal(f="js", beta=0.3, mix=0.4), view)
+    assert torch.equal(a, b) and torch.allclose(c, 0.6 * a)
+    assert _fhal(mix=0.0, pairs_per_step=2).preference_pairs(1) == []
+
+
+def test_fhal_mines_one_pair_per_mixed_group_for_later_steps_only():
+    algo = _fhal(pairs_per_step=10, seed=0)
+    assert algo.preference_pairs(1) == []  # nothing mined yet: step 1 has no pairs
+    prompts = ["p0"] * 3 + ["p1"] * 3 + ["p2"] * 3
+    texts = ["a0", "b0", "c0", "a1", "b1", "c1", "a2", "b2", "c2"]
+    correct = [True, False, False, True, True, True, False, True, False]
+    algo.observe(prompts, texts, correct, [0, 0, 0, 1, 1, 1, 2, 2, 2])
+    pairs = sorted(algo.preference_pairs(2), key=lambda p: p.prompt)
+    assert [p.prompt for p in pairs] == ["p0", "p2"]  # p1 has no wrong answer
+    assert pairs[0].chosen == "a0" and pairs[0].rejected in ("b0", "c0")
+    assert pairs[1].chosen == "b2" and pairs[1].rejected in ("a2", "c2")
+    small = _fhal(buffer_size=1)
+    small.observe(prompts, texts, correct, [0, 0, 0, 1, 1, 1, 2, 2, 2])
+    assert [p.prompt for p in small.preference_pairs(2)] == ["p2"]  # FIFO keeps the newest
+
+
+def test_fhal_pairs_file_errors_name_the_line_and_field(tmp_path):
+    bad = tmp_path / "pairs.jsonl"
+    bad.write_text('{"prompt": "Q", "chosen": "1"}\n')
+    with pytest.raises(ValueError, match=r"pairs.jsonl:1: .*missing or not a string: rejected"):
+        _fhal(pairs_path=str(bad))
+    bad.write_text("not json\n")
+    with pytest.raises(ValueError, match=r"pairs.jsonl:1: not JSON"):
+        _fhal(pairs_path=str(bad))
+    with pytest.raises(ValueError, match="is not a file"):
+        _fhal(pairs_path=str(tmp_path / "absent.jsonl"))
+    with pytest.raises(ValueError, match="mix must be in"):
+        _fhal(mix=1.5)
+
+
+def test_fhal_pair_steps_widen_the_chosen_rejected_margin_on_the_tiny_model():
+    from gbmpo.algorithms.base import PreferencePair
+    from gbmpo.models import build_char_tokenizer, build_tiny_model
+    from gbmpo.trainer import _encode_pairs, _pair_logratios
+
+    cfg = from_dict({"pretrain": {"steps": 3, "batch_size": 8}}).pretrain
+    tok = build_char_tokenizer()
+    policy = build_tiny_model(cfg, len(tok), tok.eos_token_id, tok.pad_token_id)
+    reference = build_tiny_model(cfg, len(tok), tok.eos_token_id, tok.pad_token_id).eval()
+    pairs = [PreferencePair("Q: 2+2?\nA: ", "#### 4", "#### 5"),
+             PreferencePair("Q: one more?\nA: ", "3+1=4\n#### 4", "#### 7")]
+    batch = _encode_pairs(pairs, tok, torch.device("cpu"))
+    assert batch[2].shape[0] == 4 and batch[3].sum(1).tolist() == [7, 13, 7, 7]  # + EOS
+    algo = _fhal(f="kl", beta=1.0, mix=1.0)
+    lc0, lr0 = _pair_logratios(policy, reference, batch, 1.0)
+    assert torch.allclose(lc0, torch.zeros(2), atol=1e-5)  # policy == reference at the start
+    opt = torch.optim.SGD(policy.parameters(), lr=1e-4)
+    losses = []
+    for _ in range(3):
+        opt.zero_grad()
+        loss = algo.pair_loss(*_pair_logratios(policy, reference, batch, 1.0))
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    lc, lr = _pair_logratios(policy, reference, batch, 1.0)
+    # chosen and rejected share their '#### ' tokens, so both may rise; the margin must grow
+    assert losses[0] > losses[1] > losses[2], losses
+    assert ((lc - lr) > 0.3).all(), (lc, lr)
+
+
+def test_fhal_trains_tiny_cells_from_a_pairs_file_and_from_mined_pairs(tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("\n".join(json.dumps({"prompt": f"Q: Ann has {n} pens. How many pens now?"
+                                           f"\nA: ", "chosen": f"#### {n}",
+                                           "rejected": f"#### {n + 1}"}) for n in range(5)))
+    base = {
+        "pretrain": {"steps": 3, "batch_size": 8},
+        "run": {"steps": 2},
+        "eval": {"n": 10, "batch_size": 10},
+        "rollout": {"prompts_per_step": 2, "samples_per_prompt": 4, "max_new_tokens": 16},
+        "divergence": {"name": "none", "beta": 0.0},
+    }
+    for source, params in (("file", {"pairs_path": str(pairs), "pairs_per_step": 3}),
+                           ("mined", {})):
+        cfg = from_dict({**base, "algorithm": {"name": "fhal", "params": params}})
+        result = train(cfg, tmp_path / source, progress=False)
+        assert result["status"] == "completed", result["reason"]
+        rows = [json.loads(x) for x in (tmp_path / source / "metrics.jsonl").read_text()
+                .splitlines()]
+        train_rows = [r for r in rows if r["kind"] == "train"]
+        assert len(train_rows) == 2 and all(math.isfinite(r["loss"]) for r in train_rows)
+        if source == "file":
+            assert [r["pairs"] for r in train_rows] == [3, 3]
+            assert all(r["pair_loss"] != 0 for r in train_rows)
+        else:
+            assert train_rows[0]["pairs"] == 0  # mined pairs come from earlier steps only

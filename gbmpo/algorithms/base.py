@@ -9,12 +9,24 @@ algorithm it is running.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
 from gbmpo.core import LOG_RATIO_CLAMP, Aggregation, TokenView
 from gbmpo.registry import Registry
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """An off-policy preference pair: the model input and two completions of it, `chosen`
+    (e.g. a verified-correct response) and `rejected` (a wrong one), as text."""
+
+    prompt: str
+    chosen: str
+    rejected: str
 
 
 class Algorithm(ABC):
@@ -39,7 +51,25 @@ class Algorithm(ABC):
         """Per-token loss (B, T) and per-token diagnostic tensors (e.g. {"clipped": bool BT})."""
 
     def on_step_end(self, step: int) -> None:
-        """Hook for algorithms with state across steps (e.g. mined preference pairs)."""
+        """Hook for algorithms with state across steps."""
+
+    # ---- optional: off-policy preference pairs (f-HAL) ------------------------------------
+    # The trainer asks for pairs before each update; if any come back it scores them with the
+    # policy and the reference and adds `pair_loss` to the batch loss. Algorithms that use no
+    # pairs keep these defaults and cost nothing.
+    def preference_pairs(self, step: int) -> list[PreferencePair]:
+        """Pairs to score in this step's loss (only from earlier steps or a file)."""
+        return []
+
+    def observe(self, prompts: Sequence[str], texts: Sequence[str],
+                correct: Sequence[bool], group_ids: Sequence[int]) -> None:
+        """After a batch is scored: its samples (one prompt per sample), for algorithms that
+        keep some of them, e.g. to mine preference pairs for later steps."""
+
+    def pair_loss(self, logratio_chosen_K: torch.Tensor,
+                  logratio_rejected_K: torch.Tensor) -> torch.Tensor:
+        """Scalar loss on K pairs from their sequence log-ratios sum_t log(pi/pi_ref)."""
+        raise NotImplementedError(f"{type(self).__name__} returned pairs but has no pair_loss")
 
 
 def ppo_clip_surrogate(

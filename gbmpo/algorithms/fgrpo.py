@@ -26,18 +26,21 @@ Every g_f and f* used is increasing, so the loss raises r_theta on aligned respo
 it on unaligned ones. Squared Hellinger (g = 1 - e^-v, f*(t) = t/(1-t)) gives
 L_g = E+[e^-r] + E-[e^r] - 2; with beta halved, the familiar E+[e^-r/2] + E-[e^r/2] - 2.
 
-f-HAL (the paper's hybrid with off-policy preference pairs) is not provided: scoring a stored
-(prompt, chosen, rejected) pair needs a policy forward pass on those tokens, and an algorithm
-sees only the TokenView of the current batch (no model, no token ids), so it cannot be done
-without extending the trainer's contract.
+f-HAL (`fhal`, below) adds the same estimator on off-policy preference pairs.
 """
 
 from __future__ import annotations
 
+import json
+import random
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+
 import torch
 
 from gbmpo import fdivergences as fdiv
-from gbmpo.algorithms.base import ALGORITHMS, Algorithm
+from gbmpo.algorithms.base import ALGORITHMS, Algorithm, PreferencePair
 from gbmpo.core import Aggregation, TokenView, group_mean_std, masked
 
 
@@ -77,3 +80,89 @@ class FGRPO(Algorithm):
     def surrogate(self, view: TokenView, adv_B: torch.Tensor):
         loss_B = self.sequence_loss(view, adv_B)
         return loss_B[:, None].expand(-1, view.logp.shape[1]), {}
+
+
+@ALGORITHMS.register("fhal")
+class FHAL(FGRPO):
+    """f-HAL: (1-mix) * f-GRPO on the batch + mix * the same estimator on preference pairs.
+
+    pairs_path: JSONL of {"prompt", "chosen", "rejected"}; empty: mine pairs from earlier
+    rollouts (a verified-correct and a wrong response to the same prompt).
+    """
+
+    def __init__(self, f: str = "kl", beta: float = 0.1, mix: float = 0.5,
+                 pairs_path: str = "", pairs_per_step: int = 8, buffer_size: int = 512,
+                 seed: int = 0) -> None:
+        """From the paper (arXiv:2602.05946, abstract): f-HAL combines on-policy reward
+        optimisation with off-policy preference supervision, both read as variational
+        f-divergence estimators between aligned and unaligned responses.
+
+        Reconstruction (this project): with r = beta * sum_t log(pi/pi_ref) per sequence,
+            L = (1 - mix) * L_fgrpo + mix * mean_pairs[-g_f(r_chosen) + f*(g_f(r_rejected))]
+        i.e. on the pairs, chosen responses play E+ and rejected ones E-, with equal weights.
+        The convex mixing and `mix` = 0.5 are this project's choice. Mined pairs are drawn
+        uniformly from a FIFO buffer of the last `buffer_size` pairs of earlier steps (each
+        group with a right and a wrong answer gives one pair), so they are off-policy by at
+        least one update; the first step therefore has no pairs unless a file supplies them.
+        """
+        super().__init__(f=f, beta=beta)
+        if not 0 <= mix <= 1:
+            raise ValueError(f"fhal: mix must be in [0, 1], got {mix}")
+        if pairs_per_step < 1 or buffer_size < 1:
+            raise ValueError("fhal: pairs_per_step and buffer_size must be >= 1, got "
+                             f"{pairs_per_step} and {buffer_size}")
+        self.mix, self.pairs_per_step = mix, pairs_per_step
+        self.rng = random.Random(seed)
+        self.fixed = load_pairs(pairs_path) if pairs_path else None
+        self.buffer: deque[PreferencePair] = deque(maxlen=buffer_size)
+
+    def sequence_loss(self, view: TokenView, adv_B: torch.Tensor) -> torch.Tensor:
+        return (1 - self.mix) * super().sequence_loss(view, adv_B)
+
+    def preference_pairs(self, step: int) -> list[PreferencePair]:
+        pool = self.fixed if self.fixed is not None else list(self.buffer)
+        if not pool or self.mix == 0:
+            return []
+        return self.rng.sample(pool, min(self.pairs_per_step, len(pool)))
+
+    def observe(self, prompts: Sequence[str], texts: Sequence[str],
+                correct: Sequence[bool], group_ids: Sequence[int]) -> None:
+        if self.fixed is not None:
+            return
+        groups: dict[int, tuple[list[int], list[int]]] = {}
+        for i, g in enumerate(group_ids):
+            groups.setdefault(int(g), ([], []))[0 if correct[i] else 1].append(i)
+        for right, wrong in groups.values():
+            if right and wrong:
+                c, r = self.rng.choice(right), self.rng.choice(wrong)
+                self.buffer.append(PreferencePair(prompts[c], texts[c], texts[r]))
+
+    def pair_loss(self, logratio_chosen_K: torch.Tensor,
+                  logratio_rejected_K: torch.Tensor) -> torch.Tensor:
+        t_c, _ = fdiv.variational_terms(self.f, self.beta * logratio_chosen_K)
+        _, conj_r = fdiv.variational_terms(self.f, self.beta * logratio_rejected_K)
+        return self.mix * (-t_c + conj_r).mean()
+
+
+def load_pairs(path: str | Path) -> list[PreferencePair]:
+    """Read a JSONL pairs file; each line needs string fields prompt, chosen and rejected."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"fhal: pairs_path {str(p)!r} is not a file")
+    out = []
+    for n, line in enumerate(p.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"fhal: {p}:{n}: not JSON ({e.msg})") from None
+        missing = [k for k in ("prompt", "chosen", "rejected")
+                   if not isinstance(row, dict) or not isinstance(row.get(k), str)]
+        if missing:
+            raise ValueError(f"fhal: {p}:{n}: needs string fields prompt, chosen, rejected; "
+                             f"missing or not a string: {', '.join(missing)}")
+        out.append(PreferencePair(row["prompt"], row["chosen"], row["rejected"]))
+    if not out:
+        raise ValueError(f"fhal: pairs_path {str(p)!r} holds no pairs")
+    return out

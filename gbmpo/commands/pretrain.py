@@ -11,7 +11,8 @@ HELP = "pretrain (or find in the cache) the embedded tiny model"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="TOML run config; only its [pretrain] section matters")
+    p.add_argument("--config", help="TOML run config; its [pretrain] section, and run.device "
+                   "for where to pretrain (the cached result does not depend on the device)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override, e.g. --set pretrain.steps=300")
     p.add_argument("--eval", type=int, default=0, metavar="N",
@@ -32,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from gbmpo.models import ensure_tiny
 
-    path = ensure_tiny(cfg.pretrain, progress=not args.quiet)
+    path = ensure_tiny(cfg.pretrain, progress=not args.quiet, device=cfg.run.device)
     info = json.loads((path / "pretrain.json").read_text())
     print(f"{path}  ({info['params']:,} parameters, final SFT loss {info['final_loss']:.3f}, "
           f"{info['wall_time_s']} s)")

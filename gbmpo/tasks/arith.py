@@ -95,7 +95,8 @@ class Arith(Task):
         solution = "\n".join(lines) + f"\n#### {value}"
         key_id = hashlib.sha1(repr(key).encode()).hexdigest()[:10]
         return Example(id=f"arith-{key_id}", question=question, answer=str(value),
-                       meta={"solution": solution})
+                       meta={"solution": solution, "start": start,
+                             "steps": tuple((kind, n) for kind, n, _ in ops)})
 
     def split(self, name: str) -> list[Example]:
         self._check_split(name)
@@ -126,6 +127,28 @@ class Arith(Task):
 
     def reference_completion(self, example: Example) -> str:
         return example.meta["solution"]
+
+    def demonstration(self, example: Example, rng, slip_rate: float = 0.0) -> str:
+        """The solution with the carry slip: each addition whose ones digits overflow is written
+        without its carry (`17+5=12`) with probability `slip_rate`; later lines go on from the
+        wrong value, so the final answer is wrong too. Pretraining on these gives the embedded
+        base a systematic error that it also knows how to avoid (it has seen the carry done
+        right), which is the situation RL with a verifiable reward is meant to fix."""
+        if slip_rate <= 0:
+            return self.reference_completion(example)
+        lines, value = [], example.meta["start"]
+        for kind, n in example.meta["steps"]:
+            if kind == "+":
+                new = value + n
+                if value % 10 + n >= 10 and rng.random() < slip_rate:
+                    new -= 10
+            elif kind == "-":
+                new = value - n
+            else:
+                new = value * n
+            lines.append(f"{value}{kind}{n}={new}")
+            value = new
+        return "\n".join(lines) + f"\n#### {value}"
 
     def score(self, examples: Sequence[Example], completions: Sequence[str]) -> list[Score]:
         return [score_math(c, ex.answer) for ex, c in zip(examples, completions, strict=True)]

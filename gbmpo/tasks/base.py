@@ -66,6 +66,12 @@ class Task(ABC):
         sanity checks: scoring it must give reward 1). Tasks without one raise."""
         raise NotImplementedError(f"{type(self).__name__} has no reference completion")
 
+    def demonstration(self, example: Example, rng: Any, slip_rate: float = 0.0) -> str:
+        """A supervised-pretraining target. `slip_rate` is the chance that each step prone to
+        the task's systematic error is written wrongly (`rng`: a `random.Random`). Default:
+        the reference completion, for tasks with no modelled error."""
+        return self.reference_completion(example)
+
     @abstractmethod
     def score(self, examples: Sequence[Example], completions: Sequence[str]) -> list[Score]:
         """Score completions[i] against examples[i]. Must never raise on model output."""
