@@ -50,9 +50,6 @@ class Algorithm(ABC):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Per-token loss (B, T) and per-token diagnostic tensors (e.g. {"clipped": bool BT})."""
 
-    def on_step_end(self, step: int) -> None:
-        """Hook for algorithms with state across steps."""
-
     # ---- optional: off-policy preference pairs (f-HAL) ------------------------------------
     # The trainer asks for pairs before each update; if any come back it scores them with the
     # policy and the reference and adds `pair_loss` to the batch loss. Algorithms that use no
