@@ -269,10 +269,13 @@ def test_fhal_mines_one_pair_per_mixed_group_for_later_steps_only():
 def test_fhal_pairs_file_errors_name_the_line_and_field(tmp_path):
     bad = tmp_path / "pairs.jsonl"
     bad.write_text('{"prompt": "Q", "chosen": "1"}\n')
-    with pytest.raises(ValueError, match=r"pairs.jsonl:1: .*missing or not a string: rejected"):
+    with pytest.raises(ValueError, match=r"pairs.jsonl:1: missing field\(s\) rejected"):
         _fhal(pairs_path=str(bad))
     bad.write_text("not json\n")
-    with pytest.raises(ValueError, match=r"pairs.jsonl:1: not JSON"):
+    with pytest.raises(ValueError, match=r"pairs.jsonl:1: not valid JSON"):
+        _fhal(pairs_path=str(bad))
+    bad.write_text('{"prompt": "Q", "chosen": "1", "rejected": 2}\n')
+    with pytest.raises(ValueError, match=r"row 1 of .*pairs.jsonl: not a string: rejected"):
         _fhal(pairs_path=str(bad))
     with pytest.raises(ValueError, match="is not a file"):
         _fhal(pairs_path=str(tmp_path / "absent.jsonl"))

@@ -31,7 +31,6 @@ f-HAL (`fhal`, below) adds the same estimator on off-policy preference pairs.
 
 from __future__ import annotations
 
-import json
 import random
 from collections import deque
 from collections.abc import Sequence
@@ -42,6 +41,7 @@ import torch
 from gbmpo import fdivergences as fdiv
 from gbmpo.algorithms.base import ALGORITHMS, Algorithm, PreferencePair
 from gbmpo.core import Aggregation, TokenView, group_mean_std, masked
+from gbmpo.tasks.base import read_jsonl
 
 
 @ALGORITHMS.register("fgrpo")
@@ -146,23 +146,15 @@ class FHAL(FGRPO):
 
 def load_pairs(path: str | Path) -> list[PreferencePair]:
     """Read a JSONL pairs file; each line needs string fields prompt, chosen and rejected."""
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"fhal: pairs_path {str(p)!r} is not a file")
+    fields = ("prompt", "chosen", "rejected")
+    if not Path(path).is_file():
+        raise ValueError(f"fhal: pairs_path {str(path)!r} is not a file")
     out = []
-    for n, line in enumerate(p.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"fhal: {p}:{n}: not JSON ({e.msg})") from None
-        missing = [k for k in ("prompt", "chosen", "rejected")
-                   if not isinstance(row, dict) or not isinstance(row.get(k), str)]
-        if missing:
-            raise ValueError(f"fhal: {p}:{n}: needs string fields prompt, chosen, rejected; "
-                             f"missing or not a string: {', '.join(missing)}")
+    for n, row in enumerate(read_jsonl(path, fields, "fhal pairs"), 1):
+        bad = [k for k in fields if not isinstance(row[k], str)]
+        if bad:
+            raise ValueError(f"fhal: pairs row {n} of {path}: not a string: {', '.join(bad)}")
         out.append(PreferencePair(row["prompt"], row["chosen"], row["rejected"]))
     if not out:
-        raise ValueError(f"fhal: pairs_path {str(p)!r} holds no pairs")
+        raise ValueError(f"fhal: pairs_path {str(path)!r} holds no pairs")
     return out

@@ -78,25 +78,19 @@ class Arith(Task):
     def _render(self, key: tuple) -> Example:
         name, item, start, ops = key
         sentences = [f"{name} has {start} {item}."]
-        lines, value = [], start
         for kind, n, phrase in ops:
             if kind == "+":
                 sentences.append(f"{name} {ADD[phrase].format(n=n)}.")
-                new = value + n
             elif kind == "-":
                 sentences.append(f"{name} {SUB[phrase].format(n=n)}.")
-                new = value - n
             else:
                 sentences.append(f"{name} {MUL[n]}.")
-                new = value * n
-            lines.append(f"{value}{kind}{n}={new}")
-            value = new
         question = " ".join(sentences) + f" How many {item} now?"
-        solution = "\n".join(lines) + f"\n#### {value}"
+        steps = tuple((kind, n) for kind, n, _ in ops)
+        solution, value = _solution(start, steps)
         key_id = hashlib.sha1(repr(key).encode()).hexdigest()[:10]
         return Example(id=f"arith-{key_id}", question=question, answer=str(value),
-                       meta={"solution": solution, "start": start,
-                             "steps": tuple((kind, n) for kind, n, _ in ops)})
+                       meta={"solution": solution, "start": start, "steps": steps})
 
     def split(self, name: str) -> list[Example]:
         self._check_split(name)
@@ -136,19 +130,20 @@ class Arith(Task):
         right), which is the situation RL with a verifiable reward is meant to fix."""
         if slip_rate <= 0:
             return self.reference_completion(example)
-        lines, value = [], example.meta["start"]
-        for kind, n in example.meta["steps"]:
-            if kind == "+":
-                new = value + n
-                if value % 10 + n >= 10 and rng.random() < slip_rate:
-                    new -= 10
-            elif kind == "-":
-                new = value - n
-            else:
-                new = value * n
-            lines.append(f"{value}{kind}{n}={new}")
-            value = new
-        return "\n".join(lines) + f"\n#### {value}"
+        return _solution(example.meta["start"], example.meta["steps"], slip_rate, rng)[0]
 
     def score(self, examples: Sequence[Example], completions: Sequence[str]) -> list[Score]:
         return [score_math(c, ex.answer) for ex, c in zip(examples, completions, strict=True)]
+
+
+def _solution(start: int, steps, slip_rate: float = 0.0, rng=None) -> tuple[str, int]:
+    """The worked solution (one `a<op>b=c` line per step, then `#### n`) and its final value;
+    with `slip_rate` > 0, each carrying addition drops its carry with that probability."""
+    lines, value = [], start
+    for kind, n in steps:
+        new = value + n if kind == "+" else value - n if kind == "-" else value * n
+        if kind == "+" and slip_rate > 0 and value % 10 + n >= 10 and rng.random() < slip_rate:
+            new -= 10
+        lines.append(f"{value}{kind}{n}={new}")
+        value = new
+    return "\n".join(lines) + f"\n#### {value}", value
