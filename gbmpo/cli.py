@@ -11,8 +11,11 @@ import argparse
 import importlib
 import pkgutil
 import sys
+import warnings
 
 import gbmpo.commands
+from gbmpo.checks import PluginContractError
+from gbmpo.registry import PluginWarning, RegistryError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,13 +37,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_plugin_warning(message, category, filename, lineno, file=None, line=None):
+    """A skipped plugin file is reported as one line, like the errors, not as a warning with a
+    source excerpt; every other warning keeps Python's format."""
+    if issubclass(category, PluginWarning):
+        print(f"warning: {message}", file=file or sys.stderr)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return int(args._run(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_plugin_warning
+        try:
+            return int(args._run(args) or 0)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+        except (RegistryError, PluginContractError) as e:
+            # a broken or clashing plugin: the message names the file; a traceback into the
+            # registry or the trainer would only hide it
+            print(f"error: {e}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

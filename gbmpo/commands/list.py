@@ -1,4 +1,8 @@
-"""List registered algorithms, divergences, tasks and rollout backends with their one-line docs."""
+"""List registered algorithms, divergences, tasks and rollout backends with their one-line docs.
+
+A plugin file that fails to import, or a name registered twice, is reported after the list as
+one `error:` line naming the file(s); the exit status is then 1.
+"""
 
 from __future__ import annotations
 
@@ -23,13 +27,23 @@ def registries() -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gbmpo.registry import first_doc_line
+    import sys
+    import warnings
+
+    from gbmpo.registry import PluginWarning, first_doc_line
 
     regs = registries()
+    problems = []
     for kind in [args.kind] if args.kind else KINDS:
+        with warnings.catch_warnings():  # reported below as errors, not twice
+            warnings.simplefilter("ignore", PluginWarning)
+            entries = list(regs[kind].items())
+            problems += regs[kind].problems()
         print(f"{kind}:")
-        entries = list(regs[kind].items())
-        width = max(len(n) for n, _ in entries)
+        width = max((len(n) for n, _ in entries), default=0)
         for name, obj in entries:
             print(f"  {name:<{width}}  {first_doc_line(obj)}")
-    return 0
+    sys.stdout.flush()
+    for problem in problems:
+        print(f"error: {problem.message}", file=sys.stderr)
+    return 1 if problems else 0
