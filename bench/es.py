@@ -111,7 +111,8 @@ class CellEvaluator:
         self.study_name = study_name
         self.grid = Grid(name=study_name, version=1, axes={
             "task": [base.task.name], "algorithm": [base.algorithm.name],
-            "divergence": ["neural_mirror"], "seed": [base.run.seed]},
+            "divergence": ["neural_mirror"], "seed": [base.run.seed],
+            "base": [base.pretrain.seed]},
             baseline={"algorithm": base.algorithm.name, "divergence": "neural_mirror"})
         self._prepared = False
 
@@ -131,7 +132,8 @@ class CellEvaluator:
         b = self.base
         grid_id = cell_id(b.task.name, b.algorithm.name, "neural_mirror", b.run.seed, cfg)
         cid = f"{cand.key}__{grid_id}"
-        return Cell(cid, b.task.name, b.algorithm.name, "neural_mirror", b.run.seed, cfg)
+        return Cell(cid, b.task.name, b.algorithm.name, "neural_mirror", b.run.seed, cfg,
+                    base=b.pretrain.seed)
 
     def lookup(self, cand: Candidate) -> Fitness | None:
         from bench.runner import FINISHED, read_result

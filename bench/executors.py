@@ -56,7 +56,7 @@ class CellCommand:
     `pretrain` (None: no warm-up step) gets `--config PATH`. `{python}` is the interpreter."""
 
     train: tuple[str, ...] = (PYTHON, "-m", "gbmpo", "train")
-    pretrain: tuple[str, ...] | None = (PYTHON, "-m", "gbmpo", "pretrain")
+    pretrain: tuple[str, ...] | None = (PYTHON, "-m", "gbmpo", "pretrain", "--resolve")
 
     def train_argv(self, config: Path, out: Path) -> list[str]:
         return _resolve(self.train) + ["--config", str(config), "--out", str(out)]

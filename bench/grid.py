@@ -11,18 +11,26 @@ Format (version 1)::
     run.steps = 40                    # (sections run, model, pretrain, task, algorithm,
     rollout.prompts_per_step = 8      #  divergence, reference, rollout, optim, eval)
 
-    [axes]                            # all four required, non-empty, no duplicates
+    [axes]                            # tasks, algorithms, divergences, seeds required
     tasks = ["arith"]
     algorithms = ["dr_grpo", "grpo"]
-    divergences = ["none", "kl_k3"]
-    seeds = [0, 1, 2]
+    divergences = ["none", "kl_k3"]   # or "all", or {all = true, except = ["neural_mirror_es"]}:
+                                      #   every registered entry, so a new one joins by itself
+    seeds = [0, 1, 2]                 # RL seeds (run.seed)
+    bases = [0, 1, 2]                 # optional: base models, by pretraining seed (pretrain.seed)
 
     [baseline]                        # required; the cell the leaderboard compares against
     algorithm = "dr_grpo"
     divergence = "none"
 
     [overrides.divergence.kl_k3]      # a RunConfig table for cells with that axis value;
-    divergence.beta = 0.04            # axis keys: task, algorithm, divergence, seed
+    divergence.beta = 0.04            # axis keys: task, algorithm, divergence, seed, base
+
+    [sweep.all]                       # any config key as an axis, for every cell
+    "optim.lr" = [1e-5, 5e-5]
+    [sweep.divergence.kl_k3]          # ... or only for cells with one axis value (task,
+    "divergence.beta" = [0.01, 0.1, 1.0]   # algorithm or divergence): beta ranges differ by
+                                      # orders of magnitude between divergences
 
     [[exclude]]                       # drop cells matching *all* the given axis values
     algorithm = "grpo"
@@ -34,39 +42,50 @@ Format (version 1)::
     timeout_s = 3600
 
 A cell's config is built in this order, later winning:
-defaults <- [base] <- task override <- algorithm override <- divergence override <- seed
-override <- the axis values themselves (task.name, algorithm.name, divergence.name, run.seed).
-Neither [base] nor an override may set those four keys: the axes own them.
+defaults <- [base] <- task override <- algorithm override <- divergence override <- base
+override <- seed override <- the cell's swept values <- the axis values themselves (task.name,
+algorithm.name, divergence.name, pretrain.seed, run.seed). Neither [base], an override nor a
+sweep may set those keys: the axes own them. A cell sweeps the keys of [sweep.all] and of the
+[sweep.<axis>.<value>] tables of its own axis values (a later table wins for a key it shares),
+over the product of their values, in file order.
 
-Its id is ``f"{task}__{algorithm}__{divergence}__s{seed}__{config.hash()}"``, so a finished cell
-is recognised on re-run and a changed config becomes a new cell.
+Its id is ``task__algorithm__divergence[__key=value...]__b<base>__s<seed>__<config hash>``,
+where the swept keys are named by their last component (the full path where two would
+collide), so a finished cell is recognised on re-run and a changed config becomes a new cell.
 
 Everything is checked before any training starts: unknown keys, axis values unknown to the
-registries (through :func:`gbmpo.config.from_dict`), duplicate axis values, override keys,
-exclusions and a baseline naming values not in the grid. Errors are :class:`GridError`.
+registries (through :func:`gbmpo.config.from_dict`), duplicate axis values, override and sweep
+keys, exclusions and a baseline naming values not in the grid. Errors are :class:`GridError`.
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
+import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gbmpo.config import ConfigError, RunConfig, from_dict, read_toml
+from gbmpo.config import ConfigError, RunConfig, from_dict, read_toml, set_path
 
 SCHEMA_VERSION = 1
 
 # axis table key -> the singular name used in overrides, exclusions, baseline and cell fields
-AXES = {"tasks": "task", "algorithms": "algorithm", "divergences": "divergence", "seeds": "seed"}
+AXES = {"tasks": "task", "algorithms": "algorithm", "divergences": "divergence", "seeds": "seed",
+        "bases": "base"}
 AXIS_KEYS = tuple(AXES.values())
-# the config key each axis sets; [base] and overrides may not touch these
+OPTIONAL_AXES = ("bases",)
+# axes whose values are registry names and may be given as "all" (every registered entry)
+REGISTRY_AXES = {"tasks": "TASKS", "algorithms": "ALGORITHMS", "divergences": "DIVERGENCES"}
+SWEEP_AXES = ("task", "algorithm", "divergence")  # [sweep.<axis>.<value>] tables
+# the config key each axis sets; [base], overrides and sweeps may not touch these
 AXIS_CONFIG_PATHS = {"task": ("task", "name"), "algorithm": ("algorithm", "name"),
-                     "divergence": ("divergence", "name"), "seed": ("run", "seed")}
+                     "divergence": ("divergence", "name"), "seed": ("run", "seed"),
+                     "base": ("pretrain", "seed")}
 TOP_LEVEL = ("version", "name", "description", "primary_metric", "base", "axes", "baseline",
-             "overrides", "exclude", "resources")
+             "overrides", "sweep", "exclude", "resources")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -89,10 +108,15 @@ class Cell:
     divergence: str
     seed: int
     config: RunConfig
+    base: int = 0  # the base model's pretraining seed
+    sweep: tuple[tuple[str, Any], ...] = ()  # (config path, value) of every swept key
 
     def axis_values(self) -> dict[str, Any]:
         return {"task": self.task, "algorithm": self.algorithm,
-                "divergence": self.divergence, "seed": self.seed}
+                "divergence": self.divergence, "seed": self.seed, "base": self.base}
+
+    def sweep_values(self) -> dict[str, Any]:
+        return dict(self.sweep)
 
 
 @dataclass(frozen=True)
@@ -103,6 +127,7 @@ class Grid:
     baseline: dict[str, str]
     base: dict[str, Any] = field(default_factory=dict)
     overrides: dict[str, dict[str, dict]] = field(default_factory=dict)  # axis -> value -> table
+    sweep: dict[str, dict[str, dict[str, list]]] = field(default_factory=dict)
     exclude: list[dict[str, Any]] = field(default_factory=list)
     resources: Resources = field(default_factory=Resources)
     description: str = ""
@@ -148,14 +173,15 @@ def parse_grid(data: dict[str, Any], *, default_name: str = "grid",
             raise fail(f"{key} must be a string, got {data[key]!r}")
 
     base = _table(data.get("base", {}), "[base]", fail)
+    axes = _parse_axes(data.get("axes"), base, fail)
     _check_config_table(base, "[base]", fail)
-    axes = _parse_axes(data.get("axes"), fail)
     baseline = _parse_baseline(data.get("baseline"), axes, fail)
     overrides = _parse_overrides(data.get("overrides", {}), axes, fail)
+    sweep = _parse_sweep(data.get("sweep", {}), axes, fail)
     exclude = _parse_exclude(data.get("exclude", []), axes, fail)
     resources = _parse_resources(data.get("resources", {}), fail)
     return Grid(name=name, version=SCHEMA_VERSION, axes=axes, baseline=baseline, base=base,
-                overrides=overrides, exclude=exclude, resources=resources,
+                overrides=overrides, sweep=sweep, exclude=exclude, resources=resources,
                 description=data.get("description", ""),
                 primary_metric=data.get("primary_metric", "accuracy"), source=source)
 
@@ -179,23 +205,58 @@ def _check_config_table(table: dict, where: str, fail: Any) -> None:
         raise fail(f"{where}: {e}") from None
 
 
-def _parse_axes(value: Any, fail: Any) -> dict[str, list]:
+def _registry_names(plural: str) -> list[str]:
+    import importlib
+
+    module = {"tasks": "gbmpo.tasks", "algorithms": "gbmpo.algorithms",
+              "divergences": "gbmpo.divergences"}[plural]
+    return getattr(importlib.import_module(module), REGISTRY_AXES[plural]).names()
+
+
+def _every_registered(plural: str, value: Any, fail: Any) -> list[str]:
+    """`"all"` or `{all = true, except = [...]}` -> every registered name, sorted, minus the
+    exceptions (which must be registered names, so a typo fails loudly)."""
+    if value == "all":
+        value = {"all": True}
+    extra = set(value) - {"all", "except"}
+    if extra or value.get("all") is not True:
+        raise fail(f"axes.{plural} as a table must be {{all = true, except = [...]}}, got "
+                   f"{value!r}")
+    names = _registry_names(plural)
+    skip = value.get("except", [])
+    if not isinstance(skip, list) or not all(isinstance(x, str) for x in skip):
+        raise fail(f"axes.{plural}.except must be a list of names, got {skip!r}")
+    for x in skip:
+        if x not in names:
+            raise fail(_unknown(f"name in axes.{plural}.except", x, names))
+    return [n for n in names if n not in skip]
+
+
+def _parse_axes(value: Any, base: dict, fail: Any) -> dict[str, list]:
     if value is None:
         raise fail("missing [axes] table (tasks, algorithms, divergences, seeds)")
-    value = _table(value, "[axes]", fail)
+    value = dict(_table(value, "[axes]", fail))
     for key in value:
         if key not in AXES:
             raise fail(_unknown("axis", key, list(AXES)))
+    if "bases" not in value:  # one base: the recipe's own pretraining seed
+        value["bases"] = [base.get("pretrain", {}).get("seed", 0)]
+        if isinstance(base.get("pretrain"), dict):
+            base["pretrain"] = {k: v for k, v in base["pretrain"].items() if k != "seed"}
     axes: dict[str, list] = {}
     for plural, singular in AXES.items():
         values = value.get(plural)
+        if plural in REGISTRY_AXES and (values == "all" or isinstance(values, dict)):
+            values = _every_registered(plural, values, fail)
         if not isinstance(values, list) or not values:
             raise fail(f"axes.{plural} must be a non-empty list, got {values!r}")
         for v in values:
-            ok = (isinstance(v, int) and not isinstance(v, bool) and v >= 0 if singular == "seed"
+            ok = (isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                  if singular in ("seed", "base")
                   else isinstance(v, str) and NAME_RE.match(v) is not None)
             if not ok:
-                want = "non-negative integers" if singular == "seed" else "names (strings)"
+                want = ("non-negative integers" if singular in ("seed", "base")
+                        else "names (strings)")
                 raise fail(f"axes.{plural} must hold {want}, got {v!r}")
         dupes = sorted({str(v) for v in values if values.count(v) > 1})
         if dupes:
@@ -208,7 +269,7 @@ def _axis_value(axes: dict[str, list], axis: str, value: Any, where: str, fail: 
     """Check that `value` (TOML key strings allowed for seeds) is on `axis`; return it typed."""
     if axis not in axes:
         raise fail(_unknown(f"axis in {where}", axis, AXIS_KEYS))
-    if axis == "seed" and isinstance(value, str) and value.isdigit():
+    if axis in ("seed", "base") and isinstance(value, str) and value.isdigit():
         value = int(value)
     if value not in axes[axis] or isinstance(value, bool):
         shown = ", ".join(str(v) for v in axes[axis])
@@ -244,6 +305,62 @@ def _parse_overrides(value: Any, axes: dict[str, list], fail: Any) -> dict[str, 
             table = _table(table, where, fail)
             _check_config_table(table, where, fail)
             out.setdefault(axis, {})[str(v)] = table
+    return out
+
+
+def _flatten(table: dict, prefix: str = "") -> dict[str, Any]:
+    """{"divergence": {"beta": [..]}} -> {"divergence.beta": [..]}: dotted TOML keys and quoted
+    "a.b" keys name the same config path."""
+    out: dict[str, Any] = {}
+    for k, v in table.items():
+        path = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, path + "."))
+        else:
+            out[path] = v
+    return out
+
+
+def _parse_sweep_table(table: Any, where: str, fail: Any) -> dict[str, list]:
+    table = _table(table, where, fail)
+    out = {}
+    owned = {".".join(p) for p in AXIS_CONFIG_PATHS.values()}
+    for path, values in _flatten(table).items():
+        if path in owned:
+            axis = next(a for a, p in AXIS_CONFIG_PATHS.items() if ".".join(p) == path)
+            raise fail(f"{where} sweeps {path}, which the {axis} axis owns; list the values in "
+                       f"[axes] {axis}s instead")
+        if not isinstance(values, list) or not values:
+            raise fail(f"{where}: {path} must be a non-empty list of values to sweep, got "
+                       f"{values!r}")
+        if any(values.count(v) > 1 for v in values):
+            raise fail(f"{where}: {path} lists a value more than once: {values!r}")
+        for v in values:  # each value must be valid for the key (type, known key)
+            data: dict[str, Any] = {}
+            set_path(data, path.split("."), v)
+            try:
+                from_dict(data, validate=False)
+            except ConfigError as e:
+                raise fail(f"{where}: {e}") from None
+        out[path] = list(values)
+    return out
+
+
+def _parse_sweep(value: Any, axes: dict[str, list], fail: Any) -> dict[str, dict[str, dict]]:
+    """{"all": {"": {path: values}}, "<axis>": {"<value>": {path: values}}}."""
+    value = _table(value, "[sweep]", fail)
+    out: dict[str, dict[str, dict]] = {}
+    for key, table in value.items():
+        if key == "all":
+            out["all"] = {"": _parse_sweep_table(table, "[sweep.all]", fail)}
+            continue
+        if key not in SWEEP_AXES:
+            raise fail(_unknown("key in [sweep] (all, or an axis: task, algorithm, divergence)",
+                                key, ("all", *SWEEP_AXES)))
+        for v, sub in _table(table, f"[sweep.{key}]", fail).items():
+            where = f"[sweep.{key}.{v}]"
+            _axis_value(axes, key, v, where, fail)
+            out.setdefault(key, {})[str(v)] = _parse_sweep_table(sub, where, fail)
     return out
 
 
@@ -283,24 +400,68 @@ def merge(dst: dict[str, Any], src: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def cell_id(task: str, algorithm: str, divergence: str, seed: int, config: RunConfig) -> str:
-    return f"{task}__{algorithm}__{divergence}__s{seed}__{config.hash()}"
+OVERRIDE_ORDER = ("task", "algorithm", "divergence", "base", "seed")
+
+
+def format_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return format(v, ".6g")
+    if isinstance(v, (list, tuple)):
+        return "-".join(format_value(x) for x in v)
+    return str(v)
+
+
+def sweep_label(sweep: tuple[tuple[str, Any], ...] | dict[str, Any]) -> str:
+    """`beta=0.1__lr=5e-05`: each swept key by its last component (the full path where two
+    would collide) and its value, characters outside [A-Za-z0-9_.+-] replaced by '-'."""
+    items = list(dict(sweep).items())
+    last = [p.rsplit(".", 1)[-1] for p, _ in items]
+    parts = []
+    for (path, v), short in zip(items, last, strict=True):
+        name = short if last.count(short) == 1 else path
+        parts.append("=".join(re.sub(r"[^A-Za-z0-9_.+-]", "-", x) for x in (name, format_value(v))))
+    return "__".join(parts)
+
+
+def cell_id(task: str, algorithm: str, divergence: str, seed: int, config: RunConfig,
+            base: int | None = None, sweep: tuple[tuple[str, Any], ...] = ()) -> str:
+    base = config.pretrain.seed if base is None else base
+    label = sweep_label(sweep)
+    mid = f"{label}__" if label else ""
+    return f"{task}__{algorithm}__{divergence}__{mid}b{base}__s{seed}__{config.hash()}"
+
+
+def cell_sweep(grid: Grid, point: dict[str, Any]) -> dict[str, list]:
+    """The keys this cell sweeps, with their values: [sweep.all], then the tables of its task,
+    algorithm and divergence (a later table wins for a key it shares)."""
+    keys: dict[str, list] = dict(grid.sweep.get("all", {}).get("", {}))
+    for axis in SWEEP_AXES:
+        keys.update(grid.sweep.get(axis, {}).get(str(point[axis]), {}))
+    return keys
 
 
 def expand(grid: Grid) -> list[Cell]:
-    """Grid -> cells in file order (tasks, then algorithms, divergences, seeds), exclusions
-    removed. Pure: the same grid always gives the same cells and ids. Every cell config is
-    validated (registries included); the first bad one raises GridError naming the cell."""
+    """Grid -> cells in file order (tasks, then algorithms, divergences, swept values, bases,
+    seeds), exclusions removed. Pure: the same grid always gives the same cells and ids. Every
+    cell config is validated (registries included); the first bad one raises GridError naming
+    the cell."""
     cells = []
     for task in grid.axes["task"]:
         for algorithm in grid.axes["algorithm"]:
             for divergence in grid.axes["divergence"]:
-                for seed in grid.axes["seed"]:
-                    point = {"task": task, "algorithm": algorithm,
-                             "divergence": divergence, "seed": seed}
-                    if any(all(point[k] == v for k, v in rule.items()) for rule in grid.exclude):
-                        continue
-                    cells.append(_make_cell(grid, point))
+                head = {"task": task, "algorithm": algorithm, "divergence": divergence}
+                swept = cell_sweep(grid, head)
+                for combo in itertools.product(*swept.values()):
+                    sweep = tuple(zip(swept, combo, strict=True))
+                    for base in grid.axes["base"]:
+                        for seed in grid.axes["seed"]:
+                            point = {**head, "base": base, "seed": seed}
+                            if any(all(point[k] == v for k, v in rule.items())
+                                   for rule in grid.exclude):
+                                continue
+                            cells.append(_make_cell(grid, point, sweep))
     if not cells:
         raise GridError(f"{grid.source}: every cell is excluded; the grid is empty")
     base = grid.baseline
@@ -311,24 +472,32 @@ def expand(grid: Grid) -> list[Cell]:
     return cells
 
 
-def _make_cell(grid: Grid, point: dict[str, Any]) -> Cell:
+def _make_cell(grid: Grid, point: dict[str, Any], sweep: tuple = ()) -> Cell:
     data = grid.base
-    for axis in AXIS_KEYS:
+    for axis in OVERRIDE_ORDER:
         data = merge(data, grid.overrides.get(axis, {}).get(str(point[axis]), {}))
+    for path, value in sweep:
+        table: dict[str, Any] = {}
+        set_path(table, path.split("."), value)
+        data = merge(data, table)
     for axis, (sec, key) in AXIS_CONFIG_PATHS.items():
         data = merge(data, {sec: {key: point[axis]}})
-    where = f"{point['task']}/{point['algorithm']}/{point['divergence']}/seed {point['seed']}"
+    label = sweep_label(sweep)
+    where = (f"{point['task']}/{point['algorithm']}/{point['divergence']}"
+             f"{'/' + label if label else ''}/base {point['base']}/seed {point['seed']}")
     try:
         config = from_dict(data)
     except ConfigError as e:
         raise GridError(f"{grid.source}: cell {where}: {e}") from None
     return Cell(cell_id(point["task"], point["algorithm"], point["divergence"], point["seed"],
-                        config), point["task"], point["algorithm"], point["divergence"],
-                point["seed"], config)
+                        config, point["base"], sweep), point["task"], point["algorithm"],
+                point["divergence"], point["seed"], config, point["base"], sweep)
 
 
 def manifest(grid: Grid, cells: list[Cell]) -> dict[str, Any]:
     """The `grid.json` content (docs/results.md) for these cells."""
     return {"schema_version": SCHEMA_VERSION, "name": grid.name, "description": grid.description,
             "baseline": dict(grid.baseline), "primary_metric": grid.primary_metric,
-            "cells": [{"cell_id": c.cell_id, **c.axis_values()} for c in cells]}
+            "sweep_keys": sorted({k for c in cells for k, _ in c.sweep}),
+            "cells": [{"cell_id": c.cell_id, **c.axis_values(), "sweep": c.sweep_values()}
+                      for c in cells]}

@@ -10,8 +10,9 @@ Filter syntax (`--filter`): comma-separated terms, all of which must hold.
     KEY=PAT[|PAT...]   the cell's KEY matches one of the patterns
     KEY!=PAT[|PAT...]  it matches none of them
     PAT                a glob on the cell id
-KEY is task, algorithm, divergence, seed or id; a PAT is an fnmatch glob (`*`, `?`, `[..]`).
-Examples: `divergence=kl_k3,algorithm=grpo`, `divergence!=none`, `seed=0|1`, `*__s0__*`.
+KEY is task, algorithm, divergence, seed, base, id or a swept config key (e.g.
+divergence.beta); a PAT is an fnmatch glob (`*`, `?`, `[..]`). Examples:
+`divergence=kl_k3,algorithm=grpo`, `divergence!=none`, `seed=0|1`, `base=0`, `*__s0__*`.
 
 Exit status: 0 when every selected cell is finished; 1 when any failed, timed out or is being
 run by another runner; 2 for a bad grid, filter or pretraining failure; 130 when interrupted.
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from bench.executors import DEFAULT_COMMAND, CellCommand, Job, LocalExecutor, Outcome, atomic_write
-from bench.grid import AXIS_KEYS, Cell, Grid, GridError, expand, load_grid, manifest
+from bench.grid import AXIS_KEYS, Cell, Grid, GridError, expand, format_value, load_grid, manifest
 from bench.ray_executor import RayExecutor
 from gbmpo.config import ConfigError
 
@@ -64,7 +65,17 @@ def resolve_grid(arg: str | None) -> Path:
 def parse_filter(expr: str, cells: list[Cell]) -> Callable[[Cell], bool]:
     """Compile a --filter expression (module docstring) into a predicate over cells. Axis
     patterns without wildcards must name a value the grid has, so typos fail loudly."""
-    keys = (*AXIS_KEYS, "id")
+    swept = sorted({k for c in cells for k, _ in c.sweep})
+    keys = (*AXIS_KEYS, "id", *swept)
+
+    def value_of(c: Cell, key: str) -> str | None:
+        if key == "id":
+            return c.cell_id
+        if key in AXIS_KEYS:
+            return str(c.axis_values()[key])
+        v = c.sweep_values().get(key)
+        return None if v is None else format_value(v)
+
     tests = []
     for term in expr.split(","):
         term = term.strip()
@@ -83,15 +94,16 @@ def parse_filter(expr: str, cells: list[Cell]) -> Callable[[Cell], bool]:
         if not all(patterns):
             raise FilterError(f"empty pattern in {term!r}; write KEY=PAT or KEY=PAT1|PAT2")
         if key != "id":
-            have = sorted({str(c.axis_values()[key]) for c in cells})
+            have = sorted({v for c in cells if (v := value_of(c, key)) is not None})
             for p in patterns:
                 if not any(fnmatch.fnmatchcase(v, p) for v in have):
                     raise FilterError(f"filter {term!r}: no {key} matches {p!r}; the grid has "
                                       f"{', '.join(have)}")
 
         def test(c: Cell, key: str = key, patterns: list = patterns, negate: bool = negate) -> bool:
-            value = c.cell_id if key == "id" else str(c.axis_values()[key])
-            return any(fnmatch.fnmatchcase(value, p) for p in patterns) != negate
+            value = value_of(c, key)
+            hit = value is not None and any(fnmatch.fnmatchcase(value, p) for p in patterns)
+            return hit != negate
 
         tests.append(test)
     return lambda c: all(t(c) for t in tests)
@@ -161,11 +173,18 @@ def _git_state() -> dict[str, Any]:
     return dict(_GIT)
 
 
+def _identity(cell: Cell) -> dict[str, Any]:
+    """The grid fields of a cell's result.json: axis values, its base (an object whose `seed`
+    is the pretraining seed; the trainer adds the checksum) and its swept config values."""
+    out: dict[str, Any] = {k: v for k, v in cell.axis_values().items() if k != "base"}
+    return {**out, "base": {"seed": cell.base}, "sweep": cell.sweep_values()}
+
+
 def failure_result(grid: Grid, cell: Cell, status: str, reason: str, outcome: Outcome,
                    tail: str) -> dict[str, Any]:
     """result.json for a cell that produced none (schema of docs/results.md)."""
     return {
-        "schema_version": 1, "cell_id": cell.cell_id, "grid": grid.name, **cell.axis_values(),
+        "schema_version": 1, "cell_id": cell.cell_id, "grid": grid.name, **_identity(cell),
         "status": status, "reason": reason, "diverged_step": None, "metrics": {}, "eval": None,
         "wall_time_s": round(outcome.wall_s, 3), "returncode": outcome.returncode,
         "log_tail": tail, "versions": {"schema": 1},
@@ -180,7 +199,7 @@ def stamp(grid: Grid, cell: Cell, cell_dir: Path, result: dict, force: bool = Fa
     result.json. Also applied to finished cells found at start-up, in case a runner was killed
     between a cell finishing and this step."""
     stamped = {**result, "grid": grid.name, "cell_id": cell.cell_id}
-    for k, v in cell.axis_values().items():
+    for k, v in _identity(cell).items():
         stamped.setdefault(k, v)
     if force or stamped != result:
         atomic_write(cell_dir / "result.json", json.dumps(stamped, indent=2) + "\n")
@@ -221,9 +240,9 @@ def finalize(grid: Grid, job: Job, outcome: Outcome) -> str:
 
 # ---- the run -----------------------------------------------------------------------------
 def print_table(cells: list[Cell], states: dict[str, str], out: TextIO) -> None:
-    rows = [("cell_id", "task", "algorithm", "divergence", "seed", "status")]
-    rows += [(c.cell_id, c.task, c.algorithm, c.divergence, str(c.seed), states[c.cell_id])
-             for c in cells]
+    rows = [("cell_id", "task", "algorithm", "divergence", "base", "seed", "status")]
+    rows += [(c.cell_id, c.task, c.algorithm, c.divergence, str(c.base), str(c.seed),
+              states[c.cell_id]) for c in cells]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip(), file=out)

@@ -43,6 +43,9 @@ class RunSection:
     threads: int = _f(0, "torch intra-op threads (0: leave torch's default).")
     deterministic: bool = _f(True, "torch.use_deterministic_algorithms; same seed, same metrics.")
     save_model: bool = _f(False, "Save the final policy (HF directory) under <out>/model.")
+    report_to: list = _f(
+        [], "Live logging besides metrics.jsonl: any of tensorboard (event files under "
+        "<out>/tb), wandb, mlflow (used when installed and configured). Off by default.")
 
 
 @dataclass(frozen=True)
@@ -60,15 +63,24 @@ class ModelSection:
 class PretrainSection:
     """The embedded tiny model: architecture and supervised pretraining (cached by hash)."""
 
-    tasks: list = _f(["arith"], "Synthetic tasks whose reference completions form the SFT corpus.")
+    tasks: list = _f(
+        ["arith", "reverse"], "Synthetic tasks whose demonstrations form the SFT corpus. `reverse` "
+        "is the retention probe: taught here, never rewarded by RL, scored after training "
+        "through eval.transfer (its drop is the cell's forgetting).")
+    source: str = _f(
+        "auto", "Where the tiny base comes from: 'auto' loads the base shipped with the project "
+        "when one matches this recipe (gbmpo/bases/, checked by SHA-256) and pretrains locally "
+        "otherwise; 'local' always uses (or pretrains) the copy in the local cache. Not part "
+        "of the recipe key.")
     hidden_size: int = _f(128, "Qwen3 hidden size.")
     num_layers: int = _f(4, "Qwen3 decoder layers.")
     num_heads: int = _f(4, "Attention heads.")
     num_kv_heads: int = _f(2, "Key/value heads (grouped-query attention).")
     intermediate_size: int = _f(384, "MLP width.")
     steps: int = _f(
-        800, "SFT optimizer steps (800: converged on the arith corpus, final loss ~0.02; at "
-        "600 the base is still undertrained and RL from it does not help).")
+        1000, "SFT optimizer steps (1000 on arith + reverse: 800 converged on arith alone, final "
+        "loss ~0.02, and arith keeps that share of steps; at 600 arith alone is still "
+        "undertrained and RL from it does not help).")
     batch_size: int = _f(64, "SFT sequences per step.")
     lr: float = _f(3e-3, "SFT peak learning rate (AdamW, cosine decay, 5% warmup).")
     seed: int = _f(0, "SFT seed (independent of run.seed so every cell shares one base).")
@@ -99,6 +111,13 @@ class DivergenceSection:
         "1e-4 for ProbL2 and the neural mirror map).",
     )
     params: dict = _f({}, "Divergence parameters (e.g. params_path for neural_mirror).")
+    target_kl: float = _f(
+        0.0, "Matched budget: > 0 adapts beta every step so that the training batch's per-token "
+        "KL(pi || pi_0) approaches this value (Ziegler et al. 2019 proportional controller; "
+        "beta starts at divergence.beta and is logged per step); 0 keeps beta fixed.")
+    kl_horizon: float = _f(
+        2.0, "Adaptive beta: steps over which a KL error is corrected; beta moves at most "
+        "20%/kl_horizon per step (verl's horizon, counted in RL steps).")
 
 
 @dataclass(frozen=True)
@@ -144,6 +163,14 @@ class EvalSection:
     n: int = _f(200, "Examples evaluated (the first n of the split, fixed order).")
     max_new_tokens: int = _f(0, "Evaluation generation cap (0: same as rollout.max_new_tokens).")
     batch_size: int = _f(100, "Prompts per generate call during evaluation.")
+    samples: int = _f(
+        16, "K sampled completions per evaluation prompt at the rollout temperature, for "
+        "unbiased pass@k (k = 1, 2, 4, ..., K), mean@K and the drift from pi_0; 0 turns the "
+        "sampled evaluation (and the drift metrics) off.")
+    seed: int = _f(
+        0, "Seed of the sampled evaluation. Independent of run.seed, so every cell is scored "
+        "on the same sampling stream (common random numbers) and the base's evaluation is "
+        "shared by all cells of a base.")
     transfer: dict = _f(
         {}, "Extra evaluation-only tasks after training, name -> task params, e.g. "
         "{humaneval = {}} for MBPP -> HumanEval transfer; reported as <name>_accuracy.")
@@ -346,6 +373,9 @@ def validate_config(cfg: RunConfig) -> None:
             f"divergence.name='none' (got {cfg.divergence.name!r}) and choose the KL through "
             f"algorithm.params instead"
         )
+    if cfg.divergence.target_kl > 0 and DIVERGENCES.get(cfg.divergence.name).penalty_free:
+        raise ConfigError(f"divergence.target_kl needs a divergence with a penalty to steer; "
+                          f"{cfg.divergence.name!r} has none")
     checks = [
         (cfg.run.steps >= 0, "run.steps must be >= 0"),
         (cfg.run.dtype in ("float32", "bfloat16"), "run.dtype must be float32 or bfloat16"),
@@ -356,6 +386,11 @@ def validate_config(cfg: RunConfig) -> None:
         (cfg.rollout.temperature > 0, "rollout.temperature must be > 0"),
         (0 < cfg.rollout.top_p <= 1, "rollout.top_p must be in (0, 1]"),
         (cfg.divergence.beta >= 0, "divergence.beta must be >= 0"),
+        (cfg.divergence.target_kl >= 0, "divergence.target_kl must be >= 0 (0: fixed beta)"),
+        (cfg.divergence.kl_horizon > 0, "divergence.kl_horizon must be > 0"),
+        (cfg.divergence.target_kl == 0 or cfg.divergence.beta > 0,
+         "divergence.target_kl needs a positive starting divergence.beta to adapt"),
+        (cfg.eval.samples >= 0, "eval.samples must be >= 0 (0: no sampled evaluation)"),
         (cfg.optim.lr > 0, "optim.lr must be > 0"),
         (cfg.optim.updates_per_batch >= 1, "optim.updates_per_batch must be >= 1"),
         (cfg.optim.micro_batch_size >= 0, "optim.micro_batch_size must be >= 0"),
@@ -367,6 +402,8 @@ def validate_config(cfg: RunConfig) -> None:
         (cfg.eval.n >= 1, "eval.n must be >= 1"),
         (cfg.reference.update_every >= 0, "reference.update_every must be >= 0"),
         (0 <= cfg.pretrain.slip_rate <= 1, "pretrain.slip_rate must be in [0, 1]"),
+        (cfg.pretrain.source in ("auto", "local"),
+         f"pretrain.source must be auto or local, got {cfg.pretrain.source!r}"),
     ]
     for ok, msg in checks:
         if not ok:

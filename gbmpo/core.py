@@ -16,6 +16,14 @@ import torch
 LOG_RATIO_CLAMP = 20.0
 
 
+def k3(log_ratio_BT: torch.Tensor) -> torch.Tensor:
+    """Schulman's k3 estimator of KL(pi || q) per sampled token, exp(r) - r - 1 with
+    r = log q - log pi (unbiased when tokens are drawn from pi; >= 0). Clamped, and written as
+    expm1(r) - r, which is exact near r = 0 where exp(r) - r - 1 cancels catastrophically."""
+    r = log_ratio_BT.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    return torch.expm1(r) - r
+
+
 @dataclass(frozen=True)
 class TokenView:
     """Everything a divergence or algorithm may look at, for one batch.

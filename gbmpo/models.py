@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from gbmpo import bases
 from gbmpo.config import PretrainSection, RunConfig
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
@@ -58,10 +59,13 @@ def build_char_tokenizer():
 
 # ---- tiny model --------------------------------------------------------------------------
 def tiny_key(cfg: PretrainSection) -> str:
+    """Hash of the recipe (architecture, data, SFT settings, seed); `source` only says where
+    the weights come from, so a local rebuild of a shipped recipe shares its key."""
     from gbmpo.tasks import TASKS
 
+    recipe = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "source"}
     parts = {
-        "pretrain": dataclasses.asdict(cfg),
+        "pretrain": recipe,
         "task_versions": {t: TASKS.get(t).version for t in cfg.tasks},
         "format": TINY_FORMAT_VERSION,
     }
@@ -106,22 +110,45 @@ def _file_lock(path: Path):
 
 
 def ensure_tiny(cfg: PretrainSection, progress: bool = True, device: str = "cpu") -> Path:
-    """Return the cached tiny model directory, pretraining it first if absent (file-locked,
-    so concurrent cells wait for one pretraining instead of racing). `device` only says where
-    a missing base is pretrained; the cache key does not depend on it."""
+    """The tiny base's directory: the shipped one when it matches the recipe and
+    `cfg.source == "auto"` (checksums verified), else the local cache, pretraining it first if
+    absent (file-locked, so concurrent cells wait for one pretraining instead of racing).
+    `device` only says where a missing base is pretrained; the key does not depend on it."""
+    if cfg.source == "auto":
+        shipped = bases.find_shipped(tiny_key(cfg))
+        if shipped is not None:
+            return shipped
+    return ensure_local_tiny(cfg, progress=progress, device=device)
+
+
+def tiny_source(path: Path) -> str:
+    return "shipped" if Path(path).parent == bases.SHIPPED_ROOT else "local"
+
+
+def ensure_local_tiny(cfg: PretrainSection, progress: bool = True, device: str = "cpu",
+                      force: bool = False) -> Path:
+    """The locally pretrained base in the cache (pretrained now if absent, or if `force`)."""
     target = tiny_dir(cfg)
-    if (target / "pretrain.json").is_file():
+    if (target / bases.RECORD).is_file() and not force:
         return target
     with _file_lock(target.with_name(target.name + ".lock")):
-        if (target / "pretrain.json").is_file():
+        if (target / bases.RECORD).is_file() and not force:
             return target
         tmp = target.with_name(target.name + f".tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         info = pretrain_tiny(cfg, tmp, progress=progress, device=device)
-        (tmp / "pretrain.json").write_text(json.dumps(info, indent=1))
+        info["files"] = bases.checksums(tmp)
+        (tmp / bases.RECORD).write_text(json.dumps(info, indent=1) + "\n")
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
     return target
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity), not the machine's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
 
 
 def _sft_corpus(cfg: PretrainSection) -> list[tuple[str, str]]:
@@ -147,6 +174,8 @@ def pretrain_tiny(cfg: PretrainSection, out: Path, progress: bool = True,
     t0 = time.time()
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if "OMP_NUM_THREADS" not in os.environ:  # torch's default counts every core of the machine
+        torch.set_num_threads(usable_cores())
     tok = build_char_tokenizer()
     model = build_tiny_model(cfg, len(tok), tok.eos_token_id, tok.pad_token_id).to(device)
     n_params = sum(p.numel() for p in model.parameters())
@@ -162,7 +191,7 @@ def pretrain_tiny(cfg: PretrainSection, out: Path, progress: bool = True,
 
     model.train()
     bar = tqdm(range(cfg.steps), desc="pretrain tiny", disable=not progress, file=sys.stderr)
-    loss_ema = None
+    loss_ema, curve = None, []
     for step in bar:
         batch = rng.sample(pairs, cfg.batch_size)
         ids, labels = (t.to(device) for t in _sft_batch(tok, batch))
@@ -177,6 +206,8 @@ def pretrain_tiny(cfg: PretrainSection, out: Path, progress: bool = True,
         loss_ema = cur if loss_ema is None else 0.95 * loss_ema + 0.05 * cur
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss_ema:.3f}")
+        if (step + 1) % 50 == 0 or step + 1 == cfg.steps:
+            curve.append([step + 1, round(loss_ema, 5)])
     model.eval().to("cpu")
     out.mkdir(parents=True, exist_ok=True)
     from transformers.utils import logging as hf_logging
@@ -184,9 +215,10 @@ def pretrain_tiny(cfg: PretrainSection, out: Path, progress: bool = True,
     hf_logging.disable_progress_bar()
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    return {"config": dataclasses.asdict(cfg), "params": n_params, "final_loss": loss_ema,
+    recipe = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "source"}
+    return {"config": recipe, "params": n_params, "final_loss": loss_ema, "loss_curve": curve,
             "wall_time_s": round(time.time() - t0, 1), "key": tiny_key(cfg),
-            "torch": torch.__version__, "device": str(device)}
+            "device": str(device), "float_env": bases.float_environment()}
 
 
 def _sft_batch(tok, batch: list[tuple[str, str]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -236,3 +268,15 @@ def load_policy_and_reference(cfg: RunConfig, device: torch.device, progress: bo
     reference.eval()
     reference.requires_grad_(False)
     return policy, reference, tok
+
+
+def base_identity(cfg: RunConfig) -> dict[str, Any]:
+    """What a result records about its starting weights. Embedded tiny bases: source
+    (shipped or local), recipe key, pretraining seed and the SHA-256 of the weights; other
+    models: the name and revision as given."""
+    if cfg.model.name == "tiny":
+        path = ensure_tiny(cfg.pretrain, progress=False, device=cfg.run.device)
+        return bases.identity(path, tiny_source(path))
+    source = "path" if Path(cfg.model.name).exists() else "hub"
+    return {"source": source, "name": cfg.model.name, "revision": cfg.model.revision or None,
+            "seed": None, "sha256": None}

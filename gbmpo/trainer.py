@@ -3,11 +3,14 @@
     prompts (P) -> rollout (G each) -> verifier rewards (P*G) -> advantages
     -> policy / reference log-probs of the sampled tokens -> TokenView
     -> per_token = surrogate + beta * D -> aggregate -> backward, clip, step
-    -> metrics.jsonl row; periodic and final greedy evaluation -> result.json
+    -> metrics.jsonl row; the yardstick (greedy, pass@k, drift from pi_0) before training,
+       every run.eval_every steps and at the end -> result.json
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import inspect
 import json
@@ -20,12 +23,14 @@ from typing import Any
 
 import torch
 
+from gbmpo import evaluation
 from gbmpo.algorithms import ALGORITHMS
 from gbmpo.config import RunConfig
-from gbmpo.core import TokenView, aggregate, masked
+from gbmpo.core import TokenView, aggregate, k3, masked
 from gbmpo.divergences import DIVERGENCES
-from gbmpo.evaluation import evaluate
-from gbmpo.models import load_policy_and_reference
+from gbmpo.evaluation import completion_logits, evaluate, yardstick
+from gbmpo.kl_control import BetaController
+from gbmpo.models import base_identity, cache_root, load_policy_and_reference
 from gbmpo.results import (
     SCHEMA_VERSION,
     JsonlWriter,
@@ -68,16 +73,9 @@ def build_plugin(registry, name: str, params: dict[str, Any], seed: int):
 
 
 def sequence_logprobs(model, prompt_ids, prompt_mask, comp_ids, comp_mask, temperature: float):
-    """log pi(y_t | prompt, y_<t) for each completion token, (B, T), plus the (B, T, V) logits.
-
-    Positions come from the attention mask, as in `generate` with left padding.
-    """
-    ids = torch.cat([prompt_ids, comp_ids], dim=1)
-    attn = torch.cat([prompt_mask, comp_mask], dim=1).long()
-    pos = (attn.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits
-    Lp = prompt_ids.shape[1]
-    logits_BTV = logits[:, Lp - 1 : -1].float() / temperature
+    """log pi(y_t | prompt, y_<t) for each completion token, (B, T), plus the (B, T, V) logits."""
+    logits_BTV = completion_logits(model, prompt_ids, prompt_mask, comp_ids, comp_mask,
+                                   temperature)
     logp_BT = torch.log_softmax(logits_BTV, dim=-1).gather(-1, comp_ids[..., None]).squeeze(-1)
     return logp_BT, logits_BTV
 
@@ -107,61 +105,80 @@ def train(cfg: RunConfig, out_dir: str | Path, progress: bool = True) -> dict[st
                            f"{sorted(overlap)[:3]}; the task's splits are not disjoint")
 
     policy, reference, tok = load_policy_and_reference(cfg, device, progress=progress)
+    base = base_identity(cfg)
+    # pi_0, the starting weights, for the drift metrics: the reference itself while it stays
+    # the initial policy, else a frozen copy (iterative references move; model.reference may
+    # name other weights).
+    if cfg.reference.update_every == 0 and not cfg.model.reference:
+        initial = reference
+    else:
+        initial = copy.deepcopy(policy).eval().requires_grad_(False)
     backend = BACKENDS.get(cfg.rollout.backend)(policy, tok, **cfg.rollout.params)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                             eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay)
     sched = make_schedule(opt, cfg)
-    eval_tokens = cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens
+    beta = BetaController(cfg.divergence.beta, cfg.divergence.target_kl,
+                          cfg.divergence.kl_horizon)
     metrics = JsonlWriter(out / "metrics.jsonl")
+    transfer = {name: TASKS.get(name)(**params) for name, params in cfg.eval.transfer.items()}
 
-    def run_eval(step: int) -> dict[str, float]:
-        cache = _base_eval_cache(cfg, eval_tokens) if step == 0 else None
+    def run_eval(step: int) -> dict[str, Any]:
+        """The yardstick at `step`; the untouched base's (step 0) is cached per base."""
+        cache = _base_eval_cache(cfg, base) if step == 0 else None
         if cache is not None and cache.is_file():
-            r = json.loads(cache.read_text())
-        else:
-            r = evaluate(task, backend, eval_set, eval_tokens, cfg.eval.batch_size, tok)
-            if cache is not None:
-                write_json_atomic(cache, r)
-        metrics.write({"kind": "eval", "step": step, **r})
+            return json.loads(cache.read_text())
+        r = yardstick(cfg, task, eval_set, backend, tok, policy, initial, device)
+        final = step == cfg.run.steps
+        if step == 0 or final:  # retention and transfer: before and after training
+            eval_tokens = cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens
+            for name, extra in transfer.items():
+                t = evaluate(extra, backend, extra.split("test")[: cfg.eval.n], eval_tokens,
+                             cfg.eval.batch_size, tok)
+                r["transfer"] = {**r.get("transfer", {}), name: t}
+        if cache is not None:
+            write_json_atomic(cache, r)
         return r
+
+    def log_eval(step: int, r: dict[str, Any]) -> None:
+        metrics.write({"kind": "eval", "step": step, **_scalars(r)})
+        for name, t in r.get("transfer", {}).items():
+            metrics.write({"kind": "eval", "step": step, "task": name, **_scalars(t)})
 
     rng = random.Random(cfg.run.seed)
     order: list[int] = []
     status, diverged_step, reason, last_train = "completed", None, None, {}
-    ratios: list[float] = []  # |beta D| / |pg| per step, averaged into the result
+    ratios: dict[str, list[float]] = {"reg_pg_ratio": [], "reg_pg_grad_ratio": []}
+    base_eval = final = None
     try:
-        base = run_eval(0)
-        final = base
+        base_eval = final = run_eval(0)
+        log_eval(0, base_eval)
         bar = _progress(cfg.run.steps, progress)
         for step in range(1, cfg.run.steps + 1):
             if len(order) < cfg.rollout.prompts_per_step:
                 order += rng.sample(range(len(train_set)), len(train_set))
             P = cfg.rollout.prompts_per_step
             idx, order = order[:P], order[P:]
+            is_eval_step = (step == 1 or step == cfg.run.steps
+                            or bool(cfg.run.eval_every and step % cfg.run.eval_every == 0))
             last_train = _rl_step(cfg, step, [train_set[i] for i in idx], task, tok, policy,
-                                  reference, backend, algo, div, opt, sched, device)
+                                  reference, initial, backend, algo, div, beta, opt, sched,
+                                  device, measure_grads=is_eval_step)
             metrics.write({"kind": "train", "step": step, **last_train})
-            ratios.append(last_train["reg_pg_ratio"])
+            for k, vals in ratios.items():
+                if k in last_train:
+                    vals.append(last_train[k])
             if cfg.reference.update_every and step % cfg.reference.update_every == 0:
                 reference.load_state_dict(policy.state_dict())
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(reward=f"{last_train['reward_mean']:.3f}")
             if cfg.run.eval_every and step % cfg.run.eval_every == 0 and step < cfg.run.steps:
-                run_eval(step)
+                log_eval(step, run_eval(step))
         if bar is not None:
             bar.close()
         if cfg.run.steps:
             final = run_eval(cfg.run.steps)
-        for name, params in cfg.eval.transfer.items():
-            extra = TASKS.get(name)(**params)
-            try:
-                r = evaluate(extra, backend, extra.split("test")[: cfg.eval.n], eval_tokens,
-                             cfg.eval.batch_size, tok)
-            finally:
-                extra.close()
-            metrics.write({"kind": "eval", "step": cfg.run.steps, "task": name, **r})
-            final = {**final, **{f"{name}_{k}": v for k, v in r.items() if k.startswith("acc")}}
+            log_eval(cfg.run.steps, final)
         if cfg.run.save_model:
             policy.save_pretrained(out / "model")
             tok.save_pretrained(out / "model")
@@ -171,25 +188,37 @@ def train(cfg: RunConfig, out_dir: str | Path, progress: bool = True) -> dict[st
         metrics.close()
         backend.close()
         task.close()
+        for extra in transfer.values():
+            extra.close()
 
-    result = _result(cfg, status, reason, diverged_step, base, final, last_train, ratios, out,
-                     div, task, isolation, time.time() - t_start)
+    result = _result(cfg, status, reason, diverged_step, base_eval, final, last_train, ratios,
+                     beta, out, div, task, isolation, base, device, time.time() - t_start)
     write_json_atomic(out / "result.json", result)
     return result
 
 
-def _base_eval_cache(cfg: RunConfig, max_new_tokens: int) -> Path | None:
-    """Greedy evaluation of the untouched embedded model is the same for every cell of a grid;
-    it is cached beside the checkpoint, keyed by everything that determines it."""
+def _scalars(r: dict[str, Any]) -> dict[str, Any]:
+    """The numeric entries of an evaluation, for a metrics.jsonl row."""
+    return {k: v for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _base_eval_cache(cfg: RunConfig, base: dict[str, Any]) -> Path | None:
+    """The yardstick of the untouched embedded base is the same for every cell of that base
+    (the sampled evaluation has its own seed); it is cached in the local cache, keyed by the
+    base's checksum and everything else that determines it, the evaluation code included."""
     if cfg.model.name != "tiny" or cfg.run.device != "cpu":
         return None
-    from gbmpo.models import tiny_dir
-
-    key = json.dumps([cfg.task.name, cfg.task.params, TASKS.get(cfg.task.name).version,
-                      cfg.eval.split, cfg.eval.n, max_new_tokens, cfg.run.dtype],
+    backend_mod = sys.modules[BACKENDS.get(cfg.rollout.backend).__module__]
+    code = "".join(inspect.getsource(m) for m in (evaluation, backend_mod))
+    key = json.dumps([base["sha256"], cfg.task.name, cfg.task.params,
+                      TASKS.get(cfg.task.name).version, dataclasses.asdict(cfg.eval),
+                      cfg.rollout.backend, cfg.rollout.params, cfg.rollout.temperature,
+                      cfg.rollout.top_p, cfg.rollout.max_new_tokens, cfg.run.dtype,
+                      {n: TASKS.get(n).version for n in cfg.eval.transfer},
+                      hashlib.sha256(code.encode()).hexdigest()],
                      sort_keys=True, default=str)
-    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return tiny_dir(cfg.pretrain) / "base_evals" / f"{digest}.json"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return cache_root() / "base_evals" / f"{digest}.json"
 
 
 def _slices(B: int, micro: int) -> list[slice]:
@@ -197,8 +226,8 @@ def _slices(B: int, micro: int) -> list[slice]:
     return [slice(i, min(i + step, B)) for i in range(0, B, step)]
 
 
-def _rl_step(cfg, step, examples, task, tok, policy, reference, backend, algo, div, opt, sched,
-             device):
+def _rl_step(cfg, step, examples, task, tok, policy, reference, initial, backend, algo, div,
+             beta, opt, sched, device, measure_grads=False):
     G, R = cfg.rollout.samples_per_prompt, cfg.rollout
     t0 = time.time()
     prompts = [task.build_prompt(ex, tok) for ex in examples]
@@ -232,18 +261,35 @@ def _rl_step(cfg, step, examples, task, tok, policy, reference, backend, algo, d
             return logprobs(reference, s)[1]
 
     with torch.no_grad():
-        logp_old = torch.cat([logprobs(policy, s)[0] for s in parts])
         logp_ref = torch.cat([logprobs(reference, s)[0] for s in parts])
+        # KL(pi || pi_0) of this batch (k3 estimate on the sampled tokens, before the update):
+        # free while the reference is pi_0; one more forward only when a KL budget needs it
+        if initial is reference or beta.adaptive:
+            logp_init = logp_ref if initial is reference else torch.cat(
+                [logprobs(initial, s)[0] for s in parts])
+        else:
+            logp_init = None
     policy.train()
-    pg_BT, D_BT = torch.zeros_like(logp_old), torch.zeros_like(logp_old)
+    coef = beta.beta
+    extra: dict[str, float] = {}
+    if measure_grads:
+        extra["reg_pg_grad_ratio"] = _grad_ratio(cfg, policy, logprobs, parts[0], logp_ref,
+                                                 mask, rewards_B, group_ids_B, adv_B, algo, div,
+                                                 coef, _ref_logits)
+    # The behaviour policy's log-probs are the first update's own forward, detached: the
+    # policy has not moved yet, so no separate no-grad forward pass is needed for them.
+    logp_old = torch.zeros_like(logp_ref)
+    pg_BT, D_BT = torch.zeros_like(logp_ref), torch.zeros_like(logp_ref)
     clipped_BT = torch.zeros_like(mask)
     clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
     pair_loss = 0.0
-    for _ in range(cfg.optim.updates_per_batch):
+    for update in range(cfg.optim.updates_per_batch):
         opt.zero_grad(set_to_none=True)
         loss_total = 0.0
         for s in parts:
             logp, logits = logprobs(policy, s)
+            if update == 0:
+                logp_old[s] = logp.detach()
             view = TokenView(
                 logp=logp, logp_old=logp_old[s], logp_ref=logp_ref[s], mask=mask[s],
                 rewards=rewards_B[s], group_ids=group_ids_B[s],
@@ -255,7 +301,7 @@ def _rl_step(cfg, step, examples, task, tok, policy, reference, backend, algo, d
             # ---- the algorithm and the divergence meet here, and only here ----
             pg, stats = algo.surrogate(view, adv_B[s])
             D = div.per_token(view)
-            loss = aggregate(pg + cfg.divergence.beta * D, view.mask, algo.aggregation,
+            loss = aggregate(pg + coef * D, view.mask, algo.aggregation,
                              R.max_new_tokens, n_tokens=n_tokens, n_seqs=B)
             if not torch.isfinite(loss):
                 raise Diverged(step, "loss")
@@ -281,7 +327,10 @@ def _rl_step(cfg, step, examples, task, tok, policy, reference, backend, algo, d
 
     lengths = mask.sum(dim=1).float()
     abs_pg = _masked_mean(pg_BT.abs(), mask)
-    abs_reg = _masked_mean((cfg.divergence.beta * D_BT).abs(), mask)
+    abs_reg = _masked_mean((coef * D_BT).abs(), mask)
+    if logp_init is not None:
+        extra["kl_pi0"] = _masked_mean(k3(logp_init - logp_old), mask)
+        beta.update(extra["kl_pi0"])
     return {
         "reward_mean": float(rewards_B.mean()),
         "reward_std": float(rewards_B.std()),
@@ -289,8 +338,10 @@ def _rl_step(cfg, step, examples, task, tok, policy, reference, backend, algo, d
         "response_len_max": float(lengths.max()),
         "truncation_rate": float(batch.truncated.float().mean()),
         "clip_frac": _masked_mean(clipped_BT.float(), mask),
+        "beta": coef,
         "divergence": _masked_mean(D_BT, mask),
         "reg_pg_ratio": abs_reg / abs_pg if abs_pg > 0 else (0.0 if abs_reg == 0 else math.inf),
+        **extra,
         "pg_loss": float(aggregate(pg_BT, mask, algo.aggregation, R.max_new_tokens)),
         "loss": loss_total,
         "pairs": len(pairs),
@@ -304,6 +355,40 @@ def _rl_step(cfg, step, examples, task, tok, policy, reference, backend, algo, d
         "train_tokens_per_s": (n_tokens + float(prompt_mask.sum())) * cfg.optim.updates_per_batch
         / train_time if train_time > 0 else 0.0,
     }
+
+
+GRAD_PROBE_SEQS = 16  # sequences in the gradient-norm probe (a slice of the batch)
+
+
+def _grad_ratio(cfg, policy, logprobs, part, logp_ref, mask, rewards_B, group_ids_B, adv_B,
+                algo, div, coef, ref_logits) -> float:
+    """||grad of the penalty term|| / ||grad of the policy term|| on a slice of the batch.
+
+    Loss *values* say little about how hard a penalty pulls (k3 at beta 1 has |reg|/|pg| under
+    1% and still costs 13 points in 40 steps): the gradients are what the optimizer sees. Both
+    terms are aggregated exactly as in training; measured at evaluation steps only, on at most
+    GRAD_PROBE_SEQS sequences, so a training step does not double in cost."""
+    s = slice(part.start, min(part.stop, part.start + GRAD_PROBE_SEQS))
+    params = [p for p in policy.parameters() if p.requires_grad]
+    logp, logits = logprobs(policy, s)
+    view = TokenView(logp=logp, logp_old=logp.detach(), logp_ref=logp_ref[s], mask=mask[s],
+                     rewards=rewards_B[s], group_ids=group_ids_B[s],
+                     logits_fn=lambda: (torch.log_softmax(logits, -1),
+                                        torch.log_softmax(ref_logits(s), -1)))
+    pg, _ = algo.surrogate(view, adv_B[s])
+    D = div.per_token(view)
+    max_len = cfg.rollout.max_new_tokens
+
+    def norm(term) -> float:
+        loss = aggregate(term, view.mask, algo.aggregation, max_len)
+        if not loss.requires_grad:
+            return 0.0
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        return math.sqrt(sum(float(g.pow(2).sum()) for g in grads if g is not None))
+
+    g_pg, g_reg = norm(pg), norm(coef * D)
+    policy.zero_grad(set_to_none=True)
+    return g_reg / g_pg if g_pg > 0 else (0.0 if g_reg == 0 else math.inf)
 
 
 def _encode_pairs(pairs, tok, device):
@@ -361,21 +446,42 @@ def _metric(value, direction: str) -> dict[str, Any]:
     return {"value": value, "direction": direction}
 
 
-def _result(cfg, status, reason, diverged_step, base, final, last_train, ratios, out, div,
-            task, isolation, wall):
-    metrics: dict[str, Any] = {"base_accuracy": _metric(base["accuracy"], "max")}
+def _result(cfg, status, reason, diverged_step, base_eval, final, last_train, ratios, beta,
+            out, div, task, isolation, base, device, wall):
+    metrics: dict[str, Any] = {}
+    if base_eval is not None:
+        metrics["base_accuracy"] = _metric(base_eval["accuracy"], "max")
+        for k, v in _sampled(base_eval).items():
+            metrics[f"base_{k}"] = _metric(v, "max")
+        for name, t in base_eval.get("transfer", {}).items():
+            metrics[f"base_{name}_accuracy"] = _metric(t["accuracy"], "max")
     if final is not None:
         metrics["accuracy"] = _metric(final["accuracy"], "max")
         for k, v in final.items():
-            if k.startswith("accuracy_") or "_accuracy" in k:
+            if k.startswith("accuracy_"):
                 metrics[k] = _metric(v, "max")
         metrics["response_tokens_mean"] = _metric(final["response_tokens_mean"], "min")
         metrics["truncation_rate"] = _metric(final["truncation_rate"], "min")
+        for k, v in _sampled(final).items():
+            metrics[k] = _metric(v, "max")
+        for k in DRIFT_KEYS:
+            if k in final:
+                metrics[k] = _metric(final[k], "none")
+        for name, t in final.get("transfer", {}).items():
+            metrics[f"{name}_accuracy"] = _metric(t["accuracy"], "max")
+            b = (base_eval or {}).get("transfer", {}).get(name)
+            if b is not None:  # forgetting of a skill RL never rewards: lower is better
+                metrics[f"{name}_drop"] = _metric(b["accuracy"] - t["accuracy"], "min")
     if last_train:
         metrics["train_reward_last"] = _metric(last_train["reward_mean"], "max")
-    finite = [r for r in ratios if math.isfinite(r)]  # inf: a step with no policy signal
-    if finite:
-        metrics["reg_pg_ratio"] = _metric(sum(finite) / len(finite), "none")
+    for k, vals in ratios.items():
+        finite = [r for r in vals if math.isfinite(r)]  # inf: a step with no policy signal
+        if finite:
+            metrics[k] = _metric(sum(finite) / len(finite), "none")
+    if beta.adaptive:
+        metrics["beta_final"] = _metric(beta.beta, "none")
+    from gbmpo.bases import float_environment
+
     return {
         "schema_version": SCHEMA_VERSION,
         "cell_id": out.name,
@@ -384,14 +490,32 @@ def _result(cfg, status, reason, diverged_step, base, final, last_train, ratios,
         "algorithm": cfg.algorithm.name,
         "divergence": cfg.divergence.name,
         "seed": cfg.run.seed,
+        "base": base,
         "status": status,
         "reason": reason,
         "diverged_step": diverged_step,
         "metrics": metrics,
-        "eval": {"split": cfg.eval.split, "n": base["n"], "greedy": True},
+        "eval": {"split": cfg.eval.split, "n": len(task.split(cfg.eval.split)[: cfg.eval.n]),
+                 "greedy": True, "samples": cfg.eval.samples, "seed": cfg.eval.seed,
+                 "temperature": cfg.rollout.temperature, "top_p": cfg.rollout.top_p},
+        # per-item outcomes of the final evaluation, in eval-set order, so leaderboards can
+        # resample evaluation items: greedy 0/1 as a string, and correct samples out of K
+        "items": None if final is None else {
+            "accuracy": final["items"], "correct_of_k": final.get("correct_of_k")},
         "wall_time_s": round(wall, 2),
         "versions": {"task": type(task).version, "schema": SCHEMA_VERSION},
         "divergence_info": div.describe(),
-        "provenance": provenance({"sandbox_isolation": isolation}),
+        "provenance": provenance({"sandbox_isolation": isolation, "device": str(device),
+                                  "float_env": float_environment(),
+                                  "base_sha256": base.get("sha256")}),
         "config": cfg.to_dict(),
     }
+
+
+DRIFT_KEYS = ("kl_pi_pi0", "kl_pi0_pi", "kl_pi_pi0_seq", "kl_pi0_pi_seq", "entropy",
+              "entropy_pi0")
+
+
+def _sampled(r: dict[str, Any]) -> dict[str, float]:
+    """pass@k and mean@K of an evaluation (none when eval.samples = 0)."""
+    return {k: v for k, v in r.items() if k.startswith(("pass@", "mean@"))}

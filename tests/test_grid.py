@@ -12,7 +12,7 @@ import pytest
 from bench.grid import GridError, expand, load_grid, manifest, parse_grid
 
 GRIDS = Path(__file__).resolve().parent.parent / "bench" / "grids"
-ID_RE = re.compile(r"^(\w+)__(\w+)__(\w+)__s(\d+)__([0-9a-f]{8})$")
+ID_RE = re.compile(r"^(\w+?)__(\w+?)__(\w+?)__b(\d+)__s(\d+)__([0-9a-f]{8})$")
 
 VALID = {
     "version": 1,
@@ -59,8 +59,9 @@ def test_cell_ids_are_readable_unique_and_track_the_config():
     assert len(cells) == 1 * 2 * 3 * 2
     assert len({c.cell_id for c in cells}) == len(cells)
     for c in cells:
-        task, algo, div, seed, digest = ID_RE.match(c.cell_id).groups()
-        assert (task, algo, div, int(seed)) == (c.task, c.algorithm, c.divergence, c.seed)
+        task, algo, div, base, seed, digest = ID_RE.match(c.cell_id).groups()
+        assert (task, algo, div, int(base), int(seed)) == (c.task, c.algorithm, c.divergence,
+                                                           c.base, c.seed)
         assert digest == c.config.hash()
         assert (c.config.task.name, c.config.algorithm.name, c.config.divergence.name,
                 c.config.run.seed) == (c.task, c.algorithm, c.divergence, c.seed)
@@ -110,7 +111,9 @@ def test_manifest_lists_every_cell():
     assert m["baseline"] == {"algorithm": "dr_grpo", "divergence": "none"}
     assert m["primary_metric"] == "accuracy"
     assert [e["cell_id"] for e in m["cells"]] == [c.cell_id for c in cells]
-    assert set(m["cells"][0]) == {"cell_id", "task", "algorithm", "divergence", "seed"}
+    assert set(m["cells"][0]) == {"cell_id", "task", "algorithm", "divergence", "seed", "base",
+                                  "sweep"}
+    assert m["sweep_keys"] == [] and m["cells"][0]["sweep"] == {}
 
 
 def test_readme_example_is_a_valid_grid(tmp_path):
@@ -171,7 +174,7 @@ MALFORMED = [
     ("negative timeout", {"resources": {"timeout_s": -1}}, ["resources.timeout_s must be"]),
     ("bad name", {"name": "a/b"}, ["name 'a/b' must be"]),
     ("invalid cell config", {"base": {"eval": {"n": 0}}},
-     ["cell arith/dr_grpo/none/seed 0", "eval.n must be >= 1"]),
+     ["cell arith/dr_grpo/none/base 0/seed 0", "eval.n must be >= 1"]),
 ]
 
 
@@ -200,5 +203,91 @@ def test_file_errors_name_the_file(tmp_path):
     g = load_grid(ok)
     assert g.name == "named-by-file"
     (cell,) = expand(g)
-    assert cell.cell_id.startswith("arith__grpo__none__s5__")
+    assert cell.cell_id.startswith("arith__grpo__none__b0__s5__")
     assert cell.config.divergence.beta == 0.0
+
+
+# ---- bases, sweeps and "every registered entry" ------------------------------------------------
+def test_bases_axis_sets_the_pretraining_seed_and_shows_in_ids():
+    cells = expand(parse_grid(grid(axes={**VALID["axes"], "bases": [0, 2], "seeds": [1]})))
+    assert len(cells) == 1 * 2 * 3 * 2 * 1
+    assert {(c.base, c.config.pretrain.seed) for c in cells} == {(0, 0), (2, 2)}
+    assert all(f"__b{c.base}__s1__" in c.cell_id for c in cells)
+    # without the axis, the one base is the recipe's own seed, still named in the id
+    (one,) = expand(parse_grid(grid(
+        base={"pretrain": {"seed": 3}},
+        axes={"tasks": ["arith"], "algorithms": ["dr_grpo"], "divergences": ["none"],
+              "seeds": [0]})))
+    assert one.base == 3 and one.config.pretrain.seed == 3 and "__b3__s0__" in one.cell_id
+
+
+def test_sweep_per_divergence_and_for_all_cells_expands_in_order_with_readable_ids():
+    sweep = {"all": {"optim": {"lr": [1e-5, 5e-5]}},
+             "divergence": {"kl_k3": {"divergence.beta": [0.1, 1.0, 10.0]},
+                            "probl2": {"divergence": {"beta": [100]}}}}
+    g = parse_grid(grid(sweep=sweep, axes={**VALID["axes"], "algorithms": ["dr_grpo"],
+                                           "seeds": [0]}))
+    cells = expand(g)
+    by_div = {d: [c for c in cells if c.divergence == d] for d in ("none", "kl_k3", "probl2")}
+    assert [len(v) for v in by_div.values()] == [2, 6, 2]
+    assert [c.sweep_values() for c in by_div["kl_k3"][:3]] == [
+        {"optim.lr": 1e-5, "divergence.beta": b} for b in (0.1, 1.0, 10.0)]
+    for c in cells:
+        for path, value in c.sweep:
+            sec, key = path.split(".")
+            assert getattr(getattr(c.config, sec), key) == value
+    assert by_div["kl_k3"][1].cell_id.startswith("arith__dr_grpo__kl_k3__lr=1e-05__beta=1__b0__")
+    assert by_div["none"][0].cell_id.startswith("arith__dr_grpo__none__lr=1e-05__b0__s0__")
+    assert len({c.cell_id for c in cells}) == len(cells)
+    assert manifest(g, cells)["sweep_keys"] == ["divergence.beta", "optim.lr"]
+    assert [c.cell_id for c in expand(g)] == [c.cell_id for c in cells]  # pure
+
+
+def test_sweep_label_uses_full_paths_only_where_last_components_collide():
+    from bench.grid import sweep_label
+
+    assert sweep_label({"divergence.beta": 0.5, "optim.lr": 3e-4}) == "beta=0.5__lr=0.0003"
+    assert sweep_label({"optim.betas": [0.9, 0.95], "run.steps": 4}) == "betas=0.9-0.95__steps=4"
+    both = sweep_label({"divergence.params.scale": 1.0, "task.params.scale": 2})
+    assert both == "divergence.params.scale=1__task.params.scale=2"
+
+
+@pytest.mark.parametrize("sweep, message", [
+    ({"divergence": {"kl_k3": {"divergence.name": ["l2"]}}}, "which the divergence axis owns"),
+    ({"all": {"run.seed": [1, 2]}}, "which the seed axis owns"),
+    ({"all": {"optim.lr": 1e-4}}, "optim.lr must be a non-empty list"),
+    ({"all": {"optim.lr": []}}, "optim.lr must be a non-empty list"),
+    ({"all": {"optim.lr": [1e-4, 1e-4]}}, "more than once"),
+    ({"all": {"optim.lrr": [1e-4]}}, "Did you mean 'optim.lr'"),
+    ({"all": {"divergence.beta": ["big"]}}, "divergence.beta must be float"),
+    ({"divergence": {"kl_k9": {"divergence.beta": [1.0]}}}, "divergence 'kl_k9' is not in the grid"),
+    ({"seed": {"0": {"optim.lr": [1e-4]}}}, "Valid: all, task, algorithm, divergence"),
+])
+def test_malformed_sweeps_fail_naming_the_key(sweep, message):
+    with pytest.raises(GridError) as e:
+        parse_grid(grid(sweep=sweep), source="g.toml")
+    assert message in str(e.value) and str(e.value).startswith("g.toml: ")
+
+
+def test_all_registered_divergences_with_exceptions_follow_the_registry():
+    from gbmpo.divergences import DIVERGENCES
+
+    g = parse_grid(grid(axes={**VALID["axes"],
+                              "divergences": {"all": True, "except": ["neural_mirror_es"]}}))
+    assert g.axes["divergence"] == [n for n in DIVERGENCES.names() if n != "neural_mirror_es"]
+    assert parse_grid(grid(axes={**VALID["axes"], "divergences": "all"})).axes[
+        "divergence"] == DIVERGENCES.names()
+    with pytest.raises(GridError, match="name in axes.divergences.except 'kl_k33'"):
+        parse_grid(grid(axes={**VALID["axes"], "divergences": {"all": True,
+                                                               "except": ["kl_k33"]}}))
+    with pytest.raises(GridError, match=r"must be \{all = true, except"):
+        parse_grid(grid(axes={**VALID["axes"], "divergences": {"every": True}}))
+
+
+def test_tiny_full_grid_takes_every_registered_divergence_and_algorithm():
+    from gbmpo.algorithms import ALGORITHMS
+    from gbmpo.divergences import DIVERGENCES
+
+    g = load_grid(GRIDS / "tiny-full.toml")
+    assert set(g.axes["divergence"]) == set(DIVERGENCES.names())
+    assert set(g.axes["algorithm"]) == set(ALGORITHMS.names())

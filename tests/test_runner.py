@@ -74,7 +74,7 @@ def test_failed_cell_is_recorded_with_reason_and_log_tail_then_rerun(tmp_path):
     assert failed["returncode"] == 3 and failed["grid"] == "fake"
     tail = failed["log_tail"].splitlines()
     assert len(tail) == 40 and tail[-1] == "crash line 59" and tail[0] == "crash line 20"
-    assert failed["cell_id"].startswith("arith__dr_grpo__kl_k3__s1__")
+    assert failed["cell_id"].startswith("arith__dr_grpo__kl_k3__b0__s1__")
     assert all(r["status"] == "completed" for k, r in res.items() if k != ("kl_k3", 1))
 
     # resume: only the failed cell runs again, and this time it succeeds
@@ -142,10 +142,11 @@ def test_dry_run_prints_the_table_and_writes_nothing(tmp_path):
     out = io.StringIO()
     assert run(tmp_path, grid, dry_run=True, out=out) == 0
     lines = out.getvalue().splitlines()
-    assert lines[0].split() == ["cell_id", "task", "algorithm", "divergence", "seed", "status"]
+    assert lines[0].split() == ["cell_id", "task", "algorithm", "divergence", "base", "seed",
+                                "status"]
     rows = {tuple(line.split()[3:]) for line in lines[1:5]}
-    assert rows == {("none", "0", "done"), ("kl_k3", "0", "done"), ("none", "1", "todo"),
-                    ("kl_k3", "1", "todo")}
+    assert rows == {("none", "0", "0", "done"), ("kl_k3", "0", "0", "done"),
+                    ("none", "0", "1", "todo"), ("kl_k3", "0", "1", "todo")}
     assert lines[-1] == "4 cells: 2 done, 2 to run"
     assert len(events(tmp_path, "start")) == 2
 
@@ -161,7 +162,7 @@ def _manifest_cells(tmp: Path, grid: Path) -> list[dict]:
     ("divergence!=none", {("kl_k3", 0), ("kl_k3", 1)}),
     ("seed=0|1,divergence=n*", {("none", 0), ("none", 1)}),
     ("*__s1__*", {("none", 1), ("kl_k3", 1)}),
-    ("id=arith__dr_grpo__kl_k3__s0__*", {("kl_k3", 0)}),
+    ("id=arith__dr_grpo__kl_k3__b0__s0__*", {("kl_k3", 0)}),
 ])
 def test_filter_selects_cells(tmp_path, expr, chosen):
     from bench.grid import expand, load_grid

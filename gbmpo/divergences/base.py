@@ -20,13 +20,15 @@ class Divergence(ABC):
     """Base class; subclasses register with `@DIVERGENCES.register("name")`.
 
     Class attributes: `nonnegative` (declared D >= 0 for every input; the conformance tests hold
-    it to that), `zero_at_reference` (D = 0 when policy equals reference).
+    it to that), `zero_at_reference` (D = 0 when policy equals reference), `penalty_free` (D is
+    identically 0, so an adaptive coefficient has nothing to steer).
     Constructor keyword arguments are its parameters (`[divergence.params]`); `seed` is passed
     when the constructor accepts it, for divergences with random initialisation.
     """
 
     nonnegative: ClassVar[bool] = True
     zero_at_reference: ClassVar[bool] = True
+    penalty_free: ClassVar[bool] = False  # D is 0 everywhere: no coefficient can bind
 
     @abstractmethod
     def per_token(self, view: TokenView) -> torch.Tensor:

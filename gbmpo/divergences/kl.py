@@ -9,19 +9,15 @@ from __future__ import annotations
 
 import torch
 
-from gbmpo.core import LOG_RATIO_CLAMP, TokenView
+from gbmpo.core import LOG_RATIO_CLAMP, TokenView, k3
 from gbmpo.divergences.base import DIVERGENCES, Divergence
-
-
-def _k3(log_ratio_ref_minus_pi: torch.Tensor) -> torch.Tensor:
-    r = log_ratio_ref_minus_pi.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-    # expm1(r) - r is exact near r = 0 where exp(r) - r - 1 cancels catastrophically
-    return torch.expm1(r) - r
 
 
 @DIVERGENCES.register("none")
 class NoDivergence(Divergence):
     """No penalty (Dr. GRPO runs in GBMPO use beta = 0)."""
+
+    penalty_free = True
 
     def per_token(self, view: TokenView) -> torch.Tensor:
         return torch.zeros_like(view.logp)
@@ -50,7 +46,7 @@ class KLk3(Divergence):
     """k3 = exp(r) - r - 1, r = log p_ref - log p; the GRPO default (TRL, verl low_var_kl)."""
 
     def per_token(self, view: TokenView) -> torch.Tensor:
-        return _k3(view.logp_ref - view.logp)
+        return k3(view.logp_ref - view.logp)
 
 
 @DIVERGENCES.register("kl_k3_is")
@@ -63,7 +59,7 @@ class KLk3IS(Divergence):
 
     def per_token(self, view: TokenView) -> torch.Tensor:
         log_w = (view.logp - view.logp_old).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-        return torch.exp(log_w) * _k3(view.logp_ref - view.logp)
+        return torch.exp(log_w) * k3(view.logp_ref - view.logp)
 
 
 @DIVERGENCES.register("l2")
