@@ -27,6 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metric", metavar="NAME", default=None,
                         help="primary metric to rank and test (default: the manifest's "
                              "primary_metric, else accuracy)")
+    parser.add_argument("--budgets", metavar="X,Y,...", default=None,
+                        help="sqrt(KL(pi||pi_0)) budgets of the matched-budget table (default: "
+                             "the 25/50/75%% points of the range every swept divergence covers)")
+    parser.add_argument("--budget-reference", metavar="DIV", default="kl_k3",
+                        help="divergence the matched-budget table compares every other one "
+                             "with (default: %(default)s; 'none' for no comparison)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--strict", action="store_true",
                         help="exit 1 if any result file was excluded or only partly read")
@@ -37,10 +43,19 @@ def run(args: argparse.Namespace) -> int:
     from leaderboards.writing import build
 
     try:
+        budgets = None
+        if args.budgets:
+            try:
+                budgets = sorted(float(x) for x in args.budgets.split(","))
+            except ValueError:
+                raise ValueError(f"--budgets must be numbers separated by commas, got "
+                                 f"{args.budgets!r}") from None
+        reference = None if args.budget_reference == "none" else args.budget_reference
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", LeaderboardWarning)  # listed below instead
             summary = build(args.results_dir, args.out, baseline=args.baseline,
-                            metric=args.metric, plots=not args.no_plots)
+                            metric=args.metric, plots=not args.no_plots, budgets=budgets,
+                            budget_reference=reference)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

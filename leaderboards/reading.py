@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 SCHEMA_VERSION = 1
@@ -27,9 +28,12 @@ DIRECTIONS = ("max", "min", "none")
 DEFAULT_PRIMARY = "accuracy"
 
 # Per-cell columns of `Results.cells`; metric values follow as one column per metric name.
-CELL_COLUMNS = ("task", "algorithm", "divergence", "seed", "cell_id", "status", "reason",
-                "diverged_step", "wall_time_s", "path")
+CELL_COLUMNS = ("task", "algorithm", "divergence", "seed", "base", "cell_id", "status",
+                "reason", "diverged_step", "wall_time_s", "path")
+# Metrics derived from stored ones when these are present: name -> (source, function).
+DERIVED = {"sqrt_kl": ("kl_pi_pi0", lambda v: math.sqrt(max(v, 0.0)))}
 _KEY_FIELDS = ("task", "algorithm", "divergence")
+_IDENTITY = (*_KEY_FIELDS, "seed", "base")  # fields a result must share with grid.json
 _RESERVED = frozenset(CELL_COLUMNS)
 
 
@@ -58,6 +62,10 @@ class Results:
     directions: metric name -> `max` | `min` | `none`.
     baseline: (algorithm, divergence) declared by the manifest, or None.
     primary_metric: the manifest's `primary_metric`, else `accuracy`.
+    sweep_keys: config keys a grid swept (each also a column of `cells`, NaN where a cell does
+        not sweep it), in sorted order.
+    items: cell_id -> per-item outcomes of its final evaluation: {"accuracy": (n,) 0/1,
+        "correct_of_k": (n,) correct samples out of "samples" K} (as present in result.json).
     """
 
     root: Path
@@ -68,6 +76,8 @@ class Results:
     primary_metric: str = DEFAULT_PRIMARY
     grid_name: str | None = None
     problems: list[Problem] = field(default_factory=list)
+    sweep_keys: list[str] = field(default_factory=list)
+    items: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class _Bad(ValueError):
@@ -88,6 +98,35 @@ def _seed_field(d: dict) -> int:
     return v
 
 
+def _base_field(d: dict) -> int:
+    """The base model's pretraining seed: `base.seed`, else the config's pretrain.seed (results
+    written before bases were recorded), else 0."""
+    base = d.get("base")
+    if isinstance(base, dict) and isinstance(base.get("seed"), int):
+        return base["seed"]
+    if isinstance(base, int) and not isinstance(base, bool):
+        return base
+    seed = ((d.get("config") or {}).get("pretrain") or {}).get("seed")
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
+
+
+def _items(d: dict) -> dict[str, Any] | None:
+    """Per-item outcomes of the final evaluation, when stored and well formed."""
+    items = d.get("items")
+    if not isinstance(items, dict):
+        return None
+    out: dict[str, Any] = {}
+    acc = items.get("accuracy")
+    if isinstance(acc, str) and acc and set(acc) <= {"0", "1"}:
+        out["accuracy"] = np.frombuffer(acc.encode(), dtype=np.uint8) - ord("0")
+    counts = items.get("correct_of_k")
+    K = (d.get("eval") or {}).get("samples")
+    if isinstance(counts, list) and counts and isinstance(K, int) and K > 0:
+        out["correct_of_k"] = np.asarray(counts, dtype=float)
+        out["samples"] = K
+    return out or None
+
+
 def _number(v: Any, what: str) -> float:
     if v is None:
         return math.nan
@@ -96,8 +135,9 @@ def _number(v: Any, what: str) -> float:
     return float(v)
 
 
-def _parse_result(raw: bytes, dir_name: str) -> tuple[dict, dict[str, str]]:
-    """Validate one result.json; return (row, {metric: direction}). Raises _Bad or ValueError."""
+def _parse_result(raw: bytes, dir_name: str) -> tuple[dict, dict[str, str], dict | None]:
+    """Validate one result.json; return (row, {metric: direction}, per-item outcomes or None).
+    Raises _Bad or ValueError."""
     d = json.loads(raw)
     if not isinstance(d, dict):
         raise _Bad("top level must be a JSON object")
@@ -112,6 +152,14 @@ def _parse_result(raw: bytes, dir_name: str) -> tuple[dict, dict[str, str]]:
         raise _Bad(f"status {status!r} is not one of {', '.join(RESULT_STATUSES)}")
     row: dict[str, Any] = {k: _str_field(d, k) for k in _KEY_FIELDS}
     row["seed"] = _seed_field(d)
+    row["base"] = _base_field(d)
+    sweep = d.get("sweep") or {}
+    if not isinstance(sweep, dict):
+        raise _Bad(f"'sweep' must be an object of {{config key: value}}, got {sweep!r}")
+    for key, value in sweep.items():
+        if key in _RESERVED:
+            raise _Bad(f"swept key {key!r} clashes with a leaderboard column")
+        row[key] = value
     row["cell_id"] = cell_id
     row["status"] = status
     reason = d.get("reason")
@@ -137,7 +185,11 @@ def _parse_result(raw: bytes, dir_name: str) -> tuple[dict, dict[str, str]]:
             raise _Bad(f"metric {name!r} direction {direction!r} is not one of max, min, none")
         row[name] = value if type(value) is float else _number(value, f"metric {name!r} value")
         directions[name] = direction
-    return row, directions
+    for name, (source, fn) in DERIVED.items():
+        if source in metrics and not math.isnan(row[source]):
+            row[name] = fn(row[source])
+            directions[name] = "none"
+    return row, directions, _items(d)
 
 
 def _parse_jsonl(raw: bytes) -> tuple[list[dict], list[int], int]:
@@ -189,8 +241,13 @@ def _load_manifest(root: Path, problems: list[Problem]) -> dict | None:
             if not isinstance(c, dict):
                 raise _Bad(f"cells[{i}] must be an object")
             try:
-                by_id[_str_field(c, "cell_id")] = {
-                    **{k: _str_field(c, k) for k in _KEY_FIELDS}, "seed": _seed_field(c)}
+                entry = {**{k: _str_field(c, k) for k in _KEY_FIELDS}, "seed": _seed_field(c)}
+                if "base" in c:
+                    entry["base"] = _base_field(c)
+                sweep = c.get("sweep") or {}
+                if not isinstance(sweep, dict):
+                    raise _Bad(f"'sweep' must be an object, got {sweep!r}")
+                by_id[_str_field(c, "cell_id")] = {**entry, **sweep}
             except _Bad as e:
                 raise _Bad(f"cells[{i}]: {e}") from None
         baseline = m.get("baseline")
@@ -228,6 +285,7 @@ def load(results_dir: str | os.PathLike) -> Results:
     expected = manifest["cells"] if manifest else None
 
     rows: dict[str, dict] = {}
+    items: dict[str, dict[str, Any]] = {}
     directions: dict[str, str] = {}
     conflicts: set[str] = set()
     cell_dirs: list[str] = []
@@ -241,11 +299,11 @@ def load(results_dir: str | os.PathLike) -> Results:
                 cell_dirs.append(name)
             continue
         try:
-            row, dirs = _parse_result(raw, name)
+            row, dirs, cell_items = _parse_result(raw, name)
             if expected is not None:
                 if name not in expected:
                     raise _Bad("cell is not in grid.json (left over from an older grid config?)")
-                want = expected[name]
+                want = {k: v for k, v in expected[name].items() if k in _IDENTITY}
                 got = {k: row[k] for k in want}
                 if got != want:
                     raise _Bad(f"fields {got} disagree with grid.json {want}")
@@ -263,6 +321,8 @@ def load(results_dir: str | os.PathLike) -> Results:
                 conflicts.add(m)
         row["path"] = rel
         rows[name] = row
+        if cell_items is not None:
+            items[name] = cell_items
         cell_dirs.append(name)
     for m in sorted(conflicts):
         problems.append(Problem("*/result.json", f"metric {m!r} has conflicting directions; "
@@ -296,11 +356,13 @@ def load(results_dir: str | os.PathLike) -> Results:
                          f"<cell>/result.json (found: {found}). Pass a grid's results folder, "
                          "e.g. results/tiny")
     cells = pd.DataFrame(list(rows.values()))
-    cells = cells.reindex(columns=list(CELL_COLUMNS) + sorted(directions))
+    sweep_keys = sorted(set(cells.columns) - set(CELL_COLUMNS) - set(directions))
+    cells = cells.reindex(columns=list(CELL_COLUMNS) + sweep_keys + sorted(directions))
     for m in directions:
         cells[m] = cells[m].astype(float)
     cells["seed"] = cells["seed"].astype("Int64")
-    cells = cells.sort_values(["task", "algorithm", "divergence", "seed", "cell_id"],
+    cells["base"] = cells["base"].fillna(0).astype("Int64")
+    cells = cells.sort_values(["task", "algorithm", "divergence", "base", "seed", "cell_id"],
                               ignore_index=True)
     curves = pd.DataFrame(curve_rows).drop(columns="cell_id", errors="ignore")
     curves.insert(0, "cell_id", curve_ids)
@@ -317,4 +379,5 @@ def load(results_dir: str | os.PathLike) -> Results:
         root=root, cells=cells, curves=curves, directions=directions,
         baseline=manifest["baseline"] if manifest else None,
         primary_metric=manifest["primary_metric"] if manifest else DEFAULT_PRIMARY,
-        grid_name=manifest["name"] if manifest else None, problems=problems)
+        grid_name=manifest["name"] if manifest else None, problems=problems,
+        sweep_keys=sweep_keys, items=items)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 
 from leaderboards.reading import Problem, Results, load
-from leaderboards.render import to_csv, to_html, to_latex, to_markdown
-from leaderboards.tables import Board, curve_table, seed_table, summarize
+from leaderboards.render import budget_markdown, to_csv, to_html, to_latex, to_markdown
+from leaderboards.tables import Board, curve_table, matched_budget_table, seed_table, summarize
 
 
 @dataclass
@@ -35,8 +35,9 @@ def parse_baseline(text: str) -> tuple[str, str]:
 
 
 def make_board(results: Results, baseline: str | tuple[str, str] | None = None,
-               metric: str | None = None, *, n_boot: int = 10_000,
-               seed: int = 0) -> tuple[Board, pd.DataFrame, pd.DataFrame]:
+               metric: str | None = None, *, n_boot: int = 10_000, seed: int = 0,
+               budgets: list[float] | None = None, budget_reference: str | None = "kl_k3",
+               ) -> tuple[Board, pd.DataFrame, pd.DataFrame]:
     """Results -> (Board, per-seed table, learning-curve table).
 
     `baseline` and `metric` override the manifest's; an override that matches nothing raises
@@ -57,12 +58,17 @@ def make_board(results: Results, baseline: str | tuple[str, str] | None = None,
                              f"available: {shown}")
     else:
         baseline = results.baseline
-    board = summarize(cells, results.directions, primary, baseline, n_boot=n_boot, seed=seed)
+    board = summarize(cells, results.directions, primary, baseline,
+                      sweep_keys=results.sweep_keys, items=results.items, n_boot=n_boot,
+                      seed=seed)
     if results.grid_name:
         board.title = f"Leaderboard: {results.grid_name}"
     board.problems = list(results.problems)
+    board.budgets = matched_budget_table(cells, board, results.items, budgets=budgets,
+                                         reference=budget_reference)
     eval_metric = primary if primary in results.curves.columns else "accuracy"
-    return board, seed_table(cells), curve_table(results.curves, cells, eval_metric)
+    return board, seed_table(cells), curve_table(results.curves, cells, eval_metric,
+                                                 results.sweep_keys)
 
 
 def write_tables(board: Board, seeds: pd.DataFrame, curves: pd.DataFrame,
@@ -75,6 +81,10 @@ def write_tables(board: Board, seeds: pd.DataFrame, curves: pd.DataFrame,
              # Values as read (seeds) or plain means (curves): shortest round-trip repr.
              "seeds.csv": seeds.to_csv(index=False, lineterminator="\n"),
              "curves.csv": curves.to_csv(index=False, lineterminator="\n")}
+    if board.budgets is not None and not board.budgets.empty:
+        texts["matched_budget.md"] = budget_markdown(board)
+        texts["matched_budget.csv"] = board.budgets.to_csv(index=False, float_format="%.10g",
+                                                           lineterminator="\n")
     paths = []
     for name, text in texts.items():
         path = out_dir / name
@@ -87,7 +97,9 @@ def write_tables(board: Board, seeds: pd.DataFrame, curves: pd.DataFrame,
 
 def build(results_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
           baseline: str | tuple[str, str] | None = None, metric: str | None = None, *,
-          plots: bool = True, n_boot: int = 10_000, seed: int = 0) -> Summary:
+          plots: bool = True, n_boot: int = 10_000, seed: int = 0,
+          budgets: list[float] | None = None, budget_reference: str | None = "kl_k3",
+          ) -> Summary:
     """Load results_dir and write every table (and plots, under out_dir/plots/).
 
     out_dir defaults to results_dir/leaderboard. `baseline` ("ALGO:DIV" or a tuple) and
@@ -96,12 +108,13 @@ def build(results_dir: str | os.PathLike, out_dir: str | os.PathLike | None = No
     """
     results = load(results_dir)
     out = Path(out_dir) if out_dir is not None else Path(results_dir) / "leaderboard"
-    board, seeds, curves = make_board(results, baseline, metric, n_boot=n_boot, seed=seed)
+    board, seeds, curves = make_board(results, baseline, metric, n_boot=n_boot, seed=seed,
+                                      budgets=budgets, budget_reference=budget_reference)
     md, files = write_tables(board, seeds, curves, out)
     if plots:
         from leaderboards.plots import write_plots  # matplotlib only when plotting
 
         eval_metric = board.primary if f"eval_{board.primary}" in curves else "accuracy"
-        files += write_plots(board, curves, out / "plots", eval_metric)
+        files += write_plots(board, curves, out / "plots", eval_metric, results.cells)
     return Summary(out_dir=out, board=board, seeds=seeds, curves=curves, markdown=md,
                    problems=results.problems, files=files)

@@ -260,7 +260,8 @@ def test_sweep_label_uses_full_paths_only_where_last_components_collide():
     ({"all": {"optim.lr": [1e-4, 1e-4]}}, "more than once"),
     ({"all": {"optim.lrr": [1e-4]}}, "Did you mean 'optim.lr'"),
     ({"all": {"divergence.beta": ["big"]}}, "divergence.beta must be float"),
-    ({"divergence": {"kl_k9": {"divergence.beta": [1.0]}}}, "divergence 'kl_k9' is not in the grid"),
+    ({"divergence": {"kl_k9": {"divergence.beta": [1.0]}}},
+     "divergence 'kl_k9' is not in the grid"),
     ({"seed": {"0": {"optim.lr": [1e-4]}}}, "Valid: all, task, algorithm, divergence"),
 ])
 def test_malformed_sweeps_fail_naming_the_key(sweep, message):

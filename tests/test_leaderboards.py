@@ -130,20 +130,30 @@ def test_bootstrap_ci_is_close_to_normal_theory_for_large_n():
     assert hi == pytest.approx(x.mean() + half, abs=0.15 * half)
 
 
-def test_welch_p_values_match_scipy(built):
+def test_comparisons_are_paired_by_seed_and_holm_adjusted(built):
     t = built.board.table
-    want = stats.ttest_ind([0.80, 0.84], [0.70, 0.74, 0.72], equal_var=False).pvalue
-    r = row(t, "arith", "dr_grpo", "kl_k3")
+    # count grpo/kl_k3 seeds 0, 1 (0.60, 0.58) against the baseline's (0.50, 0.55): paired
+    want = stats.ttest_rel([0.60, 0.58], [0.50, 0.55]).pvalue
+    r = row(t, "count", "grpo", "kl_k3")
     assert r["accuracy_p_value"] == pytest.approx(want, rel=1e-10)
-    assert r["accuracy_diff"] == pytest.approx(0.82 - 0.72)
-    want = stats.ttest_ind([0.60, 0.58], [0.50, 0.55], equal_var=False).pvalue
-    assert row(t, "count", "grpo", "kl_k3")["accuracy_p_value"] == pytest.approx(want, rel=1e-10)
-    # n < 2 on one side: NaN with a note, not a number
+    assert r["accuracy_diff"] == pytest.approx(0.065) and r["n_pairs"] == 2
+    assert r["test"] == "paired t over 2 seeds"
+    # arith dr_grpo/kl_k3 (0.80, 0.84) against (0.70, 0.74) by seed: the same +0.10 twice, a
+    # zero-variance paired difference, so no p-value rather than a spurious 1e-16
+    r = row(t, "arith", "dr_grpo", "kl_k3")
+    assert r["accuracy_diff"] == pytest.approx(0.10) and np.isnan(r["accuracy_p_value"])
+    assert r["p_note"] == "zero variance"
+    # one completed seed: too few pairs, an unpaired comparison with a note, not a number
     r = row(t, "arith", "grpo", "none")
     assert np.isnan(r["accuracy_p_value"]) and r["p_note"] == "n<2"
-    assert r["accuracy_diff"] == pytest.approx(0.03)
+    assert r["accuracy_diff"] == pytest.approx(0.03) and r["test"] == "Welch (unpaired)"
     base = row(t, "arith", "dr_grpo", "none")
     assert base["is_baseline"] and base["p_note"] == "baseline"
+    # Holm across every comparison of the table
+    raw = t["accuracy_p_value"].to_numpy(float)
+    from leaderboards.stats import holm
+
+    assert np.allclose(t["accuracy_p_adj"], holm(raw), equal_nan=True)
 
 
 def test_vectorised_welch_equals_scipy_elementwise():
@@ -300,7 +310,7 @@ def test_all_formats_written(built):
     body = tex[tex.index(r"\midrule"):tex.index(r"\bottomrule")]
     rows = [ln for ln in body.splitlines() if ln.endswith(r"\\")]
     assert len(rows) == len(built.board.table)
-    assert {ln.count("&") for ln in rows} == {12}  # 13 columns on every row
+    assert {ln.count("&") for ln in rows} == {15}  # 16 columns on every row
     assert r"dr\_grpo" in tex and r"0.820 $\pm$ 0.028" in tex
 
 
