@@ -32,9 +32,9 @@ Format (version 1)::
     "divergence.beta" = [0.01, 0.1, 1.0]   # algorithm or divergence): beta ranges differ by
                                       # orders of magnitude between divergences
 
-    [[exclude]]                       # drop cells matching *all* the given axis values
-    algorithm = "grpo"
-    divergence = "none"
+    [[exclude]]                       # drop cells matching *all* the given axis values: a
+    algorithm = "grpo"                # value, a list of values, or {not = [...]} (every value
+    divergence = {not = ["none"]}     # of the axis but those)
 
     [resources]                       # per cell; executors schedule by these
     num_cpus = 1
@@ -365,6 +365,9 @@ def _parse_sweep(value: Any, axes: dict[str, list], fail: Any) -> dict[str, dict
 
 
 def _parse_exclude(value: Any, axes: dict[str, list], fail: Any) -> list[dict[str, Any]]:
+    """Each rule maps axis -> a set of values it matches: one value, a list of values, or
+    {not = [...]} (every value of the axis but those, e.g. every divergence but `none`, which
+    keeps a rule valid when new entries are registered)."""
     if not isinstance(value, list):
         raise fail("exclude must be an array of tables ([[exclude]] ...)")
     out = []
@@ -373,7 +376,17 @@ def _parse_exclude(value: Any, axes: dict[str, list], fail: Any) -> list[dict[st
         rule = _table(rule, where, fail)
         if not rule:
             raise fail(f"{where} is empty; it would drop every cell")
-        out.append({k: _axis_value(axes, k, v, where, fail) for k, v in rule.items()})
+        parsed = {}
+        for k, v in rule.items():
+            if isinstance(v, dict):
+                if set(v) != {"not"} or not isinstance(v["not"], list):
+                    raise fail(f"{where}: {k} as a table must be {{not = [...]}}, got {v!r}")
+                keep = {_axis_value(axes, k, x, where, fail) for x in v["not"]}
+                parsed[k] = [x for x in axes[k] if x not in keep]
+            else:
+                parsed[k] = [_axis_value(axes, k, x, where, fail)
+                             for x in (v if isinstance(v, list) else [v])]
+        out.append(parsed)
     return out
 
 
@@ -458,7 +471,7 @@ def expand(grid: Grid) -> list[Cell]:
                     for base in grid.axes["base"]:
                         for seed in grid.axes["seed"]:
                             point = {**head, "base": base, "seed": seed}
-                            if any(all(point[k] == v for k, v in rule.items())
+                            if any(all(point[k] in v for k, v in rule.items())
                                    for rule in grid.exclude):
                                 continue
                             cells.append(_make_cell(grid, point, sweep))

@@ -99,7 +99,7 @@ def build_tiny_model(cfg: PretrainSection, vocab_size: int, eos_id: int, pad_id:
 
 
 @contextmanager
-def _file_lock(path: Path):
+def file_lock(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -131,7 +131,7 @@ def ensure_local_tiny(cfg: PretrainSection, progress: bool = True, device: str =
     target = tiny_dir(cfg)
     if (target / bases.RECORD).is_file() and not force:
         return target
-    with _file_lock(target.with_name(target.name + ".lock")):
+    with file_lock(target.with_name(target.name + ".lock")):
         if (target / bases.RECORD).is_file() and not force:
             return target
         tmp = target.with_name(target.name + f".tmp{os.getpid()}")

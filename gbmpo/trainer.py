@@ -30,7 +30,7 @@ from gbmpo.core import TokenView, aggregate, k3, masked
 from gbmpo.divergences import DIVERGENCES
 from gbmpo.evaluation import completion_logits, evaluate, yardstick
 from gbmpo.kl_control import BetaController
-from gbmpo.models import base_identity, cache_root, load_policy_and_reference
+from gbmpo.models import base_identity, cache_root, file_lock, load_policy_and_reference
 from gbmpo.results import (
     SCHEMA_VERSION,
     JsonlWriter,
@@ -123,10 +123,17 @@ def train(cfg: RunConfig, out_dir: str | Path, progress: bool = True) -> dict[st
     transfer = {name: TASKS.get(name)(**params) for name, params in cfg.eval.transfer.items()}
 
     def run_eval(step: int) -> dict[str, Any]:
-        """The yardstick at `step`; the untouched base's (step 0) is cached per base."""
+        """The yardstick at `step`; the untouched base's (step 0) is cached per base (cells
+        of one base that start together wait for one evaluation instead of repeating it)."""
         cache = _base_eval_cache(cfg, base) if step == 0 else None
-        if cache is not None and cache.is_file():
+        if cache is None:
+            return measure(step)
+        with file_lock(cache.with_suffix(".lock")):
+            if not cache.is_file():
+                write_json_atomic(cache, measure(step))
             return json.loads(cache.read_text())
+
+    def measure(step: int) -> dict[str, Any]:
         r = yardstick(cfg, task, eval_set, backend, tok, policy, initial, device)
         final = step == cfg.run.steps
         if step == 0 or final:  # retention and transfer: before and after training
@@ -135,8 +142,6 @@ def train(cfg: RunConfig, out_dir: str | Path, progress: bool = True) -> dict[st
                 t = evaluate(extra, backend, extra.split("test")[: cfg.eval.n], eval_tokens,
                              cfg.eval.batch_size, tok)
                 r["transfer"] = {**r.get("transfer", {}), name: t}
-        if cache is not None:
-            write_json_atomic(cache, r)
         return r
 
     def log_eval(step: int, r: dict[str, Any]) -> None:

@@ -292,3 +292,17 @@ def test_tiny_full_grid_takes_every_registered_divergence_and_algorithm():
     g = load_grid(GRIDS / "tiny-full.toml")
     assert set(g.axes["divergence"]) == set(DIVERGENCES.names())
     assert set(g.axes["algorithm"]) == set(ALGORITHMS.names())
+
+
+def test_exclude_rules_take_lists_and_not():
+    rules = [{"algorithm": "grpo", "divergence": {"not": ["none"]}},
+             {"divergence": ["probl2"], "seed": [1]}]
+    cells = expand(parse_grid(grid(exclude=rules)))
+    got = {(c.algorithm, c.divergence, c.seed) for c in cells}
+    assert ("grpo", "kl_k3", 0) not in got and ("grpo", "none", 0) in got
+    assert ("dr_grpo", "probl2", 1) not in got and ("dr_grpo", "probl2", 0) in got
+    assert len(cells) == 12 - 4 - 1
+    with pytest.raises(GridError, match=r"must be \{not = \[\.\.\.\]\}"):
+        parse_grid(grid(exclude=[{"divergence": {"only": ["none"]}}]))
+    with pytest.raises(GridError, match="divergence 'kl_k9' is not in the grid"):
+        parse_grid(grid(exclude=[{"divergence": {"not": ["kl_k9"]}}]))
