@@ -19,6 +19,7 @@ _MODULES = {
     "render": ("to_markdown", "to_csv", "to_html", "to_latex"),
     "writing": ("build", "make_board", "write_tables", "Summary"),
     "plots": ("write_plots",),
+    "report": ("render_report", "write_report"),
 }
 _EXPORTS = {name: mod for mod, names in _MODULES.items() for name in names}
 __all__ = sorted(_EXPORTS)

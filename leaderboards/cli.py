@@ -12,7 +12,8 @@ import argparse
 import sys
 import warnings
 
-HELP = "Rebuild leaderboard tables (md, csv, html, tex) and plots from a results directory."
+HELP = ("Rebuild leaderboard tables (md, csv, html, tex), report.html and plots from a results "
+        "directory.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

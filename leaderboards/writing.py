@@ -15,7 +15,7 @@ from leaderboards.tables import Board, curve_table, matched_budget_table, seed_t
 
 @dataclass
 class Summary:
-    """What `build` produced. `files` are the paths written, tables first, then plots."""
+    """What `build` produced. `files` are the paths written: tables, report.html, then plots."""
 
     out_dir: Path
     board: Board
@@ -111,10 +111,18 @@ def build(results_dir: str | os.PathLike, out_dir: str | os.PathLike | None = No
     board, seeds, curves = make_board(results, baseline, metric, n_boot=n_boot, seed=seed,
                                       budgets=budgets, budget_reference=budget_reference)
     md, files = write_tables(board, seeds, curves, out)
+    plot_files: list[Path] = []
     if plots:
         from leaderboards.plots import write_plots  # matplotlib only when plotting
 
         eval_metric = board.primary if f"eval_{board.primary}" in curves else "accuracy"
-        files += write_plots(board, curves, out / "plots", eval_metric, results.cells)
+        plot_files = write_plots(board, curves, out / "plots", eval_metric, results.cells)
+    from leaderboards.report import write_report
+
+    extra = ({"Matched KL budgets": board.budgets}
+             if board.budgets is not None and not board.budgets.empty else None)
+    files.append(write_report(out / "report.html", results, board, seeds, curves, extra,
+                              plot_files))
+    files += plot_files
     return Summary(out_dir=out, board=board, seeds=seeds, curves=curves, markdown=md,
                    problems=results.problems, files=files)
