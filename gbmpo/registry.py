@@ -136,8 +136,8 @@ class Registry(Generic[T]):
     def _load(self) -> None:
         if self._loaded:
             return
-        self._loaded = True
         pkg = importlib.import_module(self._package)  # type: ignore[arg-type]
+        self._loaded = True  # after the package itself imported: its failure is not a plugin's
         # one order over every directory of the package, so "sorts before" means by name
         for mod in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
             if mod.name.startswith("_"):
