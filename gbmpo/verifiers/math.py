@@ -327,6 +327,26 @@ _BOOTSTRAP = "import runpy, sys; del sys.path[0]; sys.argv[:] = sys.argv[1:]; " 
     "runpy.run_path(sys.argv[0], run_name='__main__')"
 
 
+# A check is one short single-threaded computation (SymPy, mpmath). Anything in the worker that
+# would start a BLAS or OpenMP pool (NumPy, if SymPy pulls it in) is kept to one thread, so a
+# pool of workers never holds more threads than workers.
+_SINGLE_THREAD_ENV = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                       "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")}
+
+
+def _worker_env() -> dict[str, str]:
+    return {**os.environ, **_SINGLE_THREAD_ENV}
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which the workers inherit), not
+    the machine's count: under taskset, a cgroup cpuset or a scheduler's CPU allocation they
+    differ."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
 class _Worker:
     """One worker process speaking JSON lines over its stdin/stdout.
 
@@ -338,6 +358,7 @@ class _Worker:
     def __init__(self, memory_mb: int) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-u", "-c", _BOOTSTRAP, str(_WORKER_SCRIPT), str(memory_mb)],
+            env=_worker_env(),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -523,7 +544,9 @@ def default_pool() -> MathVerifyPool:
     global _default
     with _default_lock:
         if _default is None or _default._pid != os.getpid():
-            _default = MathVerifyPool(workers=max(1, min(4, (os.cpu_count() or 2) // 2)))
+            # half the usable cores (the caller's own work needs the rest), at most 4: the
+            # fallback only sees what the fast path cannot read as a number
+            _default = MathVerifyPool(workers=max(1, min(4, usable_cores() // 2)))
         return _default
 
 
