@@ -97,6 +97,22 @@ def test_greedy_equals_generate_without_padding_and_when_all_end(tiny):
     assert torch.equal(ours, ref)
 
 
+def test_rows_that_end_leave_the_batch_even_at_the_first_step(tiny, prompts):
+    """n copies per prompt, and an end token that one prompt emits at once: rows leave the
+    batch at different steps, the first one before the prompts' cache is expanded n-fold."""
+    model, tok = tiny
+    ids, mask = encode(tok, prompts)
+    first = hf_greedy(model, tok, ids, mask, 1)[:, 0]
+    end = int(first[0])
+    assert bool((first != end).any())
+    ref = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=MAX_NEW,
+                         do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=end)
+    ref = ref[:, ids.shape[1]:]
+    ours = sample(model, ids, mask, MAX_NEW, eos_id=end, pad_id=tok.pad_token_id, n=3,
+                  greedy=True)
+    assert torch.equal(ours, ref.repeat_interleave(3, 0))
+
+
 def test_backend_greedy_batch_matches_generate_and_contract(tiny, prompts):
     model, tok = tiny
     backend = BACKENDS.get("hf")(model, tok, batch_size=4)  # two calls: 4 + 2 prompts

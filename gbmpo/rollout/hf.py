@@ -2,12 +2,13 @@
 
 The loop drives the model's own forward and KV cache (`DynamicCache`) instead of
 `model.generate`. For the small models this project trains on CPU, generate's per-token
-machinery (logits processors, stopping criteria, model-kwargs bookkeeping, re-expanding every
-prompt n times before the prefill) costs about as much as the forward itself; here a decoding
-step is one forward, one softmax and one draw. The semantics are generate's: left-padded
-prompts, position ids from the attention mask, greedy = argmax (token for token the same as
-`generate(do_sample=False)`, tested), temperature then nucleus (top-p) sampling, padding after a
-sequence's EOS, and stopping as soon as every sequence has ended.
+machinery (logits processors, stopping criteria, model-kwargs bookkeeping) is a large share of
+a decoding step, it encodes every prompt n times, and it keeps decoding sequences that have
+already ended. Here a decoding step is one forward, one softmax and one draw; each prompt is
+encoded once; a sequence that ends leaves the batch, KV cache included. The semantics are
+generate's: left-padded prompts, position ids from the attention mask, greedy = argmax (token
+for token the same as `generate(do_sample=False)`, tested), temperature then nucleus (top-p)
+sampling, padding after a sequence's EOS, and stopping when every sequence has ended.
 """
 
 from __future__ import annotations
@@ -101,18 +102,20 @@ def sample(model, ids_BL: torch.Tensor, mask_BL: torch.Tensor, max_new_tokens: i
     decoding stops once every row has produced `eos_id`; after its EOS a row holds `pad_id`.
 
     The prompts are encoded once and the KV cache is then repeated n times, instead of encoding
-    each prompt n times. Positions count only real tokens (cumsum of the mask), as in
-    `generate` and in the trainer's scoring forward, so a left-padded prompt is seen exactly as
-    an unpadded one. A prompt batch without padding passes no mask, again as `generate` does.
+    each prompt n times. Rows that emit EOS are dropped from the batch and the cache, so later
+    steps cost what the unfinished rows cost. Positions count only real tokens (cumsum of the
+    mask), as in `generate` and in the trainer's scoring forward, so a left-padded prompt is
+    seen exactly as an unpadded one. A prompt batch without padding passes no mask, again as
+    `generate` does. Same inputs and generator state, same output.
     """
     B, L = ids_BL.shape
     device = ids_BL.device
     padded = not bool(mask_BL.all())
     pos_BL = (mask_BL.long().cumsum(-1) - 1).clamp(min=0)
     cache = _new_cache(model)
-    keep = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+    last_only = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
     out = model(input_ids=ids_BL, attention_mask=mask_BL if padded else None,
-                position_ids=pos_BL, past_key_values=cache, use_cache=True, **keep)
+                position_ids=pos_BL, past_key_values=cache, use_cache=True, **last_only)
     logits_RV = out.logits[:, -1].float().repeat_interleave(n, 0)
     cache = out.past_key_values  # (B, ...) until the first decoding step needs (B * n, ...)
     R = B * n  # rows decoded together
@@ -121,22 +124,31 @@ def sample(model, ids_BL: torch.Tensor, mask_BL: torch.Tensor, max_new_tokens: i
     full_mask[:, :L] = mask_BL.repeat_interleave(n, 0)
     pos_R1 = pos_BL[:, -1:].repeat_interleave(n, 0) + 1
     out_RT = torch.full((R, max_new_tokens), pad_id, dtype=torch.long, device=device)
-    done_R = torch.zeros(R, dtype=torch.bool, device=device)
+    rows = torch.arange(R, device=device)  # the output row of each row still decoding
     for t in range(max_new_tokens):
         tok_R = _pick(logits_RV, greedy, temperature, top_p, generator)
-        tok_R = tok_R.masked_fill(done_R, pad_id)
-        out_RT[:, t] = tok_R
-        done_R |= tok_R == eos_id
-        if t + 1 == max_new_tokens or bool(done_R.all()):
-            return out_RT[:, : t + 1]
-        if t == 0 and n > 1:
+        out_RT[rows, t] = tok_R
+        if t + 1 == max_new_tokens:
+            break
+        live_R = tok_R != eos_id
+        if not bool(live_R.all()):  # rows that ended leave the batch, cache included
+            if not bool(live_R.any()):
+                return out_RT[:, : t + 1]
+            keep = live_R.nonzero().squeeze(-1)
+            if t > 0 or n == 1:
+                cache.batch_select_indices(keep)
+            else:  # the prompts' cache is still (B, ...): expand only the rows kept
+                cache.batch_select_indices(torch.div(rows[keep], n, rounding_mode="floor"))
+            rows, tok_R, pos_R1 = rows[keep], tok_R[keep], pos_R1[keep]
+            full_mask = full_mask[keep]
+        elif t == 0 and n > 1:
             cache.batch_repeat_interleave(n)
         out = model(input_ids=tok_R[:, None], position_ids=pos_R1, past_key_values=cache,
                     attention_mask=full_mask[:, : L + t + 1] if padded else None, use_cache=True)
         cache = out.past_key_values
         pos_R1 = pos_R1 + 1
         logits_RV = out.logits[:, -1].float()
-    return out_RT  # max_new_tokens == 0
+    return out_RT
 
 
 def _pick(logits_RV: torch.Tensor, greedy: bool, temperature: float, top_p: float,
