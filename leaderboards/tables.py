@@ -18,6 +18,7 @@ import pandas as pd
 
 from leaderboards.reading import STATUSES, Problem
 from leaderboards.stats import (
+    CIBatch,
     hierarchical_replicates,
     holm,
     paired_ttest,
@@ -137,13 +138,6 @@ def _sizes(bases: np.ndarray) -> tuple[int, ...]:
     return tuple(int(c) for c in counts)
 
 
-def _ci(values, bases, items, n_boot, level, seed) -> tuple[float, float]:
-    if len(values) < 2 and items is None or len(values) == 0:
-        return math.nan, math.nan
-    reps = hierarchical_replicates(values, _sizes(bases), items, n_boot, seed)
-    return percentile_ci(reps, level)
-
-
 def summarize(cells: pd.DataFrame, directions: dict[str, str], primary: str,
               baseline: tuple[str, str] | None, *, sweep_keys: list[str] | None = None,
               items: dict | None = None, n_boot: int = 10_000, level: float = 0.95,
@@ -157,46 +151,79 @@ def summarize(cells: pd.DataFrame, directions: dict[str, str], primary: str,
     cells = cells.copy()
     if primary not in cells.columns:
         cells[primary] = np.nan
-    done_all = cells[cells["status"] == "completed"].sort_values(["base", "seed", "cell_id"])
-    groups = cells[keys].drop_duplicates().sort_values(keys, na_position="first")
-    groups = groups.reset_index(drop=True)
+    cells["_g"] = cells.groupby(keys, dropna=False, sort=True).ngroup()
+    groups = cells.drop_duplicates("_g").sort_values("_g")[keys].reset_index(drop=True)
+    G = len(groups)
+    done = cells[cells["status"] == "completed"].sort_values(["_g", "base", "seed", "cell_id"])
+    gid = done["_g"].to_numpy()
+    lo_i = np.searchsorted(gid, np.arange(G), "left")
+    hi_i = np.searchsorted(gid, np.arange(G), "right")
+    bases, cids = done["base"].to_numpy(int), done["cell_id"].to_numpy()
     yard = [m for m in metrics if m != primary and m.startswith(YARDSTICK)]
     yard += [m for m in metrics if m.endswith(("_drop",)) or (m.endswith("_accuracy")
                                                                and not m.startswith("base_"))]
 
-    rows = []
-    for g in groups.itertuples(index=False):
-        key = dict(zip(keys, g, strict=True))
-        sel = _match(cells, key)
-        done = _match(done_all, key)
-        have = done[done[primary].notna()]
-        v, b = have[primary].to_numpy(float), have["base"].to_numpy()
-        it = item_matrix(primary, have["cell_id"], items)
-        r = {**key, f"{primary}_mean": _two_level_mean(v, b),
-             f"{primary}_std": float(np.std(v, ddof=1)) if len(v) > 1 else math.nan,
-             "n": len(v), "n_bases": len(np.unique(b))}
-        r[f"{primary}_ci_low"], r[f"{primary}_ci_high"] = _ci(v, b, it, n_boot, level, seed)
-        var_b, var_s = variance_components(v, b) if len(v) else (math.nan, math.nan)
-        r[f"{primary}_var_base"], r[f"{primary}_var_seed"] = var_b, var_s
-        r[f"{primary}_var_items"] = (float(it.mean(axis=0).var(ddof=1) / it.shape[1])
-                                     if it is not None else math.nan)
-        for m in yard:
-            h = done[done[m].notna()]
-            mv, mb = h[m].to_numpy(float), h["base"].to_numpy()
-            mi = item_matrix(m, h["cell_id"], items)
-            r[f"{m}_mean"] = _two_level_mean(mv, mb)
-            r[f"{m}_ci_low"], r[f"{m}_ci_high"] = _ci(mv, mb, mi, n_boot, level, seed)
-        for m in metrics:
-            if m != primary and m not in yard:
-                r[f"{m}_mean"] = _two_level_mean(done[m].dropna().to_numpy(float),
-                                                 done.loc[done[m].notna(), "base"].to_numpy())
-        r["wall_time_s_mean"] = float(done["wall_time_s"].mean()) if len(done) else math.nan
-        counts = sel["status"].value_counts()
-        for st in STATUSES:
-            r[f"n_{st}"] = int(counts.get(st, 0))
-        rows.append(r)
-    out = pd.DataFrame(rows)
-    _compare(out, done_all, keys, primary, baseline, items, n_boot, level, seed)
+    batch = CIBatch(n_boot, seed, level)  # every CI of the table, computed in one pass
+    pending: list[tuple[int, str, int]] = []  # (row, column prefix, batch index)
+    out = groups.copy()
+    cols: dict[str, np.ndarray] = {}
+
+    def column(name: str) -> np.ndarray:
+        return cols.setdefault(name, np.full(G, np.nan))
+
+    def per_group(m: str, ci: bool, with_items: bool = False) -> None:
+        vals = done[m].to_numpy(float)
+        for g in range(G):
+            sl = slice(lo_i[g], hi_i[g])
+            ok = ~np.isnan(vals[sl])
+            v, b = vals[sl][ok], bases[sl][ok]
+            column(f"{m}_mean")[g] = _two_level_mean(v, b)
+            it = item_matrix(m, cids[sl][ok], items) if with_items else None
+            if ci and len(v) and (len(v) >= 2 or it is not None):
+                pending.append((g, m, batch.add(v, _sizes(b), it)))
+            if m == primary:
+                column("n")[g] = len(v)
+                column("n_bases")[g] = len(np.unique(b))
+                column(f"{m}_std")[g] = np.std(v, ddof=1) if len(v) > 1 else math.nan
+                column(f"{m}_var_base")[g], column(f"{m}_var_seed")[g] = (
+                    variance_components(v, b) if len(v) else (math.nan, math.nan))
+                column(f"{m}_var_items")[g] = (it.mean(axis=0).var(ddof=1) / it.shape[1]
+                                               if it is not None else math.nan)
+
+    per_group(primary, ci=True, with_items=True)
+    out[f"{primary}_mean"] = cols[f"{primary}_mean"]
+    out[f"{primary}_std"] = cols[f"{primary}_std"]
+    out["n"] = cols["n"].astype(int)
+    out["n_bases"] = cols["n_bases"].astype(int)
+    out[f"{primary}_ci_low"] = np.nan
+    out[f"{primary}_ci_high"] = np.nan
+    for c in ("var_base", "var_seed", "var_items"):
+        out[f"{primary}_{c}"] = cols[f"{primary}_{c}"]
+    for m in yard:  # item metrics get item-level CIs where they are compared (budgets)
+        per_group(m, ci=not m.startswith(ITEM_METRICS))
+        out[f"{m}_mean"] = cols[f"{m}_mean"]
+        if any(p == m for _, p, _ in pending):
+            out[f"{m}_ci_low"], out[f"{m}_ci_high"] = np.nan, np.nan
+    others = [m for m in metrics if m != primary and m not in yard]
+    for m in others:  # two-level means, vectorised
+        d = done[["_g", "base", m]].dropna(subset=[m])
+        means = d.groupby(["_g", "base"])[m].mean().groupby(level=0).mean()
+        out[f"{m}_mean"] = means.reindex(range(G)).to_numpy()
+    out["wall_time_s_mean"] = done.groupby("_g")["wall_time_s"].mean().reindex(
+        range(G)).to_numpy()
+    counts = (cells.groupby("_g")["status"].value_counts().unstack(fill_value=0)
+              .reindex(index=range(G), columns=list(STATUSES), fill_value=0))
+    for st in STATUSES:
+        out[f"n_{st}"] = counts[st].to_numpy(int)
+
+    diffs = _compare(out, done, keys, primary, baseline, items, batch)
+    cis = batch.run()
+    fill: dict[str, np.ndarray] = {}
+    for row, prefix, k in pending + [(r, f"{primary}_diff", k) for r, k in diffs]:
+        for end, value in zip(("_ci_low", "_ci_high"), cis[k], strict=True):
+            fill.setdefault(prefix + end, out[prefix + end].to_numpy(float).copy())[row] = value
+    for col, values in fill.items():
+        out[col] = values
     out.insert(len(keys), f"{primary}_rank", rank(out[f"{primary}_mean"], direction,
                                                   out["task"]))
     for m in metrics:
@@ -214,7 +241,7 @@ def summarize(cells: pd.DataFrame, directions: dict[str, str], primary: str,
                          "no differences shown for it")
     if primary not in directions and len(cells):
         notes.append(f"no result reports the primary metric {primary!r}")
-    if len(out) and (out["n_bases"] == 1).all():
+    if len(out) and (out["n_bases"] <= 1).all():
         notes.append("every group has one base model: CIs and p-values cover RL seeds and "
                      "evaluation items, not the base (add bases to the grid's [axes])")
     return Board(table=out, primary=primary, direction=direction, baseline=baseline,
@@ -235,83 +262,97 @@ def _isna(v) -> bool:
 
 
 def _compare(out: pd.DataFrame, done: pd.DataFrame, keys: list[str], primary: str,
-             baseline: tuple[str, str] | None, items, n_boot, level, seed) -> None:
+             baseline: tuple[str, str] | None, items, batch: CIBatch) -> list[tuple[int, int]]:
     """Differences against the baseline, paired by (base, seed); fills the comparison columns.
 
     A group's baseline cells are the completed baseline cells of its task that agree with it on
     every swept key the baseline itself sets. The p-value is a paired t-test on the per-base
     mean differences when there are 2+ bases (the unit that generalises over bases), else on
-    the per-seed differences; without 2 pairs it falls back to Welch's test (unpaired)."""
+    the per-seed differences; without 2 pairs it falls back to Welch's test (unpaired).
+    Returns (row, batch index) of each difference's CI, queued on `batch`."""
     p = primary
-    for col in (f"{p}_diff", f"{p}_diff_ci_low", f"{p}_diff_ci_high", f"{p}_p_value",
-                "seeds_needed"):
-        out[col] = math.nan
-    out["n_pairs"] = 0
-    out["test"] = ""
-    out["is_baseline"] = False
-    notes = [""] * len(out)
-    if baseline is None:
-        out["p_note"] = notes
-        out[f"{p}_p_adj"] = math.nan
+    n = len(out)
+    diff, p_value, need = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+    n_pairs, test, notes = np.zeros(n, dtype=int), [""] * n, [""] * n
+    queued: list[tuple[int, int]] = []
+    is_b = np.zeros(n, dtype=bool)
+    if baseline is not None:
+        is_b = ((out["algorithm"] == baseline[0]) & (out["divergence"] == baseline[1])
+                ).to_numpy()
+        have = done[done[p].notna()]
+        # the baseline's cells, by group: swept values it sets -> {(base, seed): (value, id)}
+        ref_groups = []
+        for _, g in have[(have["algorithm"] == baseline[0])
+                         & (have["divergence"] == baseline[1])].groupby("_g"):
+            sets = {k: g[k].iat[0] for k in keys[3:] if not _isna(g[k].iat[0])}
+            ref_groups.append((g["task"].iat[0], sets, {
+                (b, s): (v, c) for b, s, v, c in zip(g["base"], g["seed"], g[p],
+                                                     g["cell_id"], strict=True)}))
+        mine_by_g = {g: df for g, df in have.groupby("_g")}
+        for i in range(n):
+            if is_b[i]:
+                notes[i] = "baseline"
+                continue
+            row = out.iloc[i]
+            refs = [r for t, sets, r in ref_groups if t == row["task"]
+                    and all(not _isna(row[k]) and row[k] == v for k, v in sets.items())]
+            if not refs:
+                notes[i] = "no baseline in task"
+                continue
+            if len(refs) > 1:
+                notes[i] = "ambiguous baseline"
+                continue
+            ref = refs[0]
+            mine = mine_by_g.get(i)  # rows of `out` are still in group-id order here
+            _pair(i, mine, ref, p, items, batch, diff, p_value, need, n_pairs, test, notes,
+                  queued)
+    out[f"{p}_diff"], out[f"{p}_diff_ci_low"], out[f"{p}_diff_ci_high"] = diff, np.nan, np.nan
+    out[f"{p}_p_value"], out["seeds_needed"], out["n_pairs"] = p_value, need, n_pairs
+    out["test"], out["p_note"], out["is_baseline"] = test, notes, is_b
+    out[f"{p}_p_adj"] = holm(p_value) if baseline is not None else np.nan
+    return queued
+
+
+def _pair(i, mine, ref, p, items, batch, diff, p_value, need, n_pairs, test, notes, queued):
+    """One group against its baseline cells `ref` ({(base, seed): (value, cell id)})."""
+    if mine is None or mine.empty:
+        notes[i] = "n<2"
         return
-    is_b = ((out["algorithm"] == baseline[0]) & (out["divergence"] == baseline[1])).to_numpy()
-    out["is_baseline"] = is_b
-    base_cells = done[(done["algorithm"] == baseline[0]) & (done["divergence"] == baseline[1])
-                      & done[p].notna()]
-    for i in range(len(out)):
-        if is_b[i]:
-            notes[i] = "baseline"
-            continue
-        row = out.iloc[i]
-        ref = base_cells[base_cells["task"] == row["task"]]
-        for k in keys[3:]:  # swept keys the baseline sets must agree
-            if ref[k].notna().any():
-                ref = ref[ref[k] == row[k]] if not _isna(row[k]) else ref.iloc[:0]
-        if ref.empty:
-            notes[i] = "no baseline in task"
-            continue
-        mine = _match(done, {k: row[k] for k in keys})
-        mine = mine[mine[p].notna()]
-        pairs = mine.merge(ref, on=["base", "seed"], suffixes=("", "_ref"))
-        if pairs.duplicated(["base", "seed"]).any():
-            notes[i] = "ambiguous baseline"
-            continue
-        pairs = pairs.sort_values(["base", "seed"])
-        d = (pairs[p] - pairs[f"{p}_ref"]).to_numpy(float)
-        b = pairs["base"].to_numpy()
-        out.loc[i, "n_pairs"] = len(d)
-        if len(d) >= 2:
-            it, it_ref = (item_matrix(p, pairs[c], items) for c in ("cell_id", "cell_id_ref"))
-            di = it - it_ref if it is not None and it_ref is not None else None
-            out.loc[i, f"{p}_diff"] = _two_level_mean(d, b)
-            out.loc[i, f"{p}_diff_ci_low"], out.loc[i, f"{p}_diff_ci_high"] = _ci(
-                d, b, di, n_boot, level, seed)
-            n_bases = len(np.unique(b))
-            if n_bases >= 2:
-                keys_b, inv = np.unique(b, return_inverse=True)
-                per_base = np.bincount(inv, weights=d) / np.bincount(inv)
-                _, pv = paired_ttest(per_base)
-                out.loc[i, "test"] = f"paired t over {n_bases} bases"
-            else:
-                _, pv = paired_ttest(d)
-                out.loc[i, "test"] = f"paired t over {len(d)} seeds"
-            out.loc[i, f"{p}_p_value"] = pv
-            var_b, var_s = variance_components(d, b)
-            out.loc[i, "seeds_needed"] = seeds_needed(out.loc[i, f"{p}_diff"], var_b, var_s,
-                                                      n_bases)
-            if math.isnan(pv):
-                notes[i] = "zero variance" if len(d) >= 2 else "n<2"
-        else:  # too few pairs: compare the two groups' means unpaired
-            x, y = mine[p].to_numpy(float), ref[p].to_numpy(float)
-            out.loc[i, f"{p}_diff"] = x.mean() - y.mean()
-            _, pv = welch_ttest(x.mean(), x.var(ddof=1) if len(x) > 1 else np.nan, len(x),
-                                y.mean(), y.var(ddof=1) if len(y) > 1 else np.nan, len(y))
-            out.loc[i, f"{p}_p_value"] = float(pv)
-            out.loc[i, "test"] = "Welch (unpaired)"
-            if math.isnan(float(pv)):
-                notes[i] = "n<2"
-    out["p_note"] = notes
-    out[f"{p}_p_adj"] = holm(out[f"{p}_p_value"].to_numpy(float))
+    keys = list(zip(mine["base"], mine["seed"], strict=True))
+    both = [j for j, k in enumerate(keys) if k in ref]
+    n_pairs[i] = len(both)
+    if len(both) >= 2:
+        b = mine["base"].to_numpy()[both]
+        d = mine[p].to_numpy(float)[both] - np.array([ref[keys[j]][0] for j in both])
+        it = item_matrix(p, mine["cell_id"].to_numpy()[both], items)
+        it_ref = item_matrix(p, [ref[keys[j]][1] for j in both], items)
+        di = it - it_ref if it is not None and it_ref is not None else None
+        diff[i] = _two_level_mean(d, b)
+        queued.append((i, batch.add(d, _sizes(b), di)))
+        n_bases = len(np.unique(b))
+        if n_bases >= 2:
+            _, inv = np.unique(b, return_inverse=True)
+            _, pv = paired_ttest(np.bincount(inv, weights=d) / np.bincount(inv))
+            test[i] = f"paired t over {n_bases} bases"
+        else:
+            _, pv = paired_ttest(d)
+            test[i] = f"paired t over {len(d)} seeds"
+        p_value[i] = pv
+        var_b, var_s = variance_components(d, b)
+        need[i] = seeds_needed(diff[i], var_b, var_s, n_bases)
+        if math.isnan(pv):
+            notes[i] = "zero variance"
+        return
+    # too few pairs: compare the two groups' means unpaired
+    x = mine[p].to_numpy(float)
+    y = np.array([v for v, _ in ref.values()])
+    diff[i] = x.mean() - y.mean()
+    _, pv = welch_ttest(x.mean(), x.var(ddof=1) if len(x) > 1 else np.nan, len(x),
+                        y.mean(), y.var(ddof=1) if len(y) > 1 else np.nan, len(y))
+    p_value[i] = float(pv)
+    test[i] = "Welch (unpaired)"
+    if math.isnan(float(pv)):
+        notes[i] = "n<2"
 
 
 BUDGET_QUANTILES = (0.25, 0.5, 0.75)

@@ -303,7 +303,7 @@ def test_learning_curves_average_completed_seeds_only(built):
 def test_all_formats_written(built):
     names = sorted(p.name for p in built.files)
     assert names == ["curves.csv", "leaderboard.csv", "leaderboard.html", "leaderboard.md",
-                     "leaderboard.tex", "seeds.csv"]
+                     "leaderboard.tex", "report.html", "seeds.csv"]
     html = (built.out_dir / "leaderboard.html").read_text()
     assert html.count("<tr>") == 1 + len(built.board.table) and CORRUPT in html
     tex = (built.out_dir / "leaderboard.tex").read_text()
@@ -323,7 +323,7 @@ def test_plots_are_pngs(tmp_path):
     for p in pngs:
         data = (tmp_path / "plots" / p).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
-    assert len(s.files) == 6 + len(pngs)
+    assert len(s.files) == 7 + len(pngs)  # six tables, report.html, the plots
 
 
 # --- command line and imports -----------------------------------------------------------------
@@ -339,7 +339,7 @@ def _cli(argv):
 def test_cli_prints_table_and_problems(tmp_path, capsys):
     assert _cli([str(RESULTS), "--out", str(tmp_path), "--no-plots"]) == 0
     out, err = capsys.readouterr()
-    assert "| # | task | algorithm |" in out and f"wrote 6 files to {tmp_path}" in out
+    assert "| # | task | algorithm |" in out and f"wrote 7 files to {tmp_path}" in out
     assert "3 file(s) excluded or only partly read" in err and CORRUPT in err
     assert _cli([str(RESULTS), "--out", str(tmp_path), "--no-plots", "--strict"]) == 1
     capsys.readouterr()

@@ -2,14 +2,16 @@
 
     python bench/perf/leaderboard.py [--cells 10000] [--seeds 10] [--keep DIR]
 
-Writes N synthetic result cells (result.json + a 7-line metrics.jsonl each; about 2% failed,
+Writes N synthetic result cells (result.json with per-item outcomes of 200 items and 16
+samples, 3 bases per group, + a 7-line metrics.jsonl each; about 2% failed,
 1% diverged, one corrupt result.json) and a grid.json that lists a few percent more cells
 (incomplete) into a temporary directory, then times, in seconds of wall clock and of this
 process's CPU (the CPU figure is the one to compare when other jobs share the machine):
 
 - load:   `leaderboards.load` (grid.json, every result.json and metrics.jsonl)
-- tables: summary + per-seed + curve tables and leaderboard.{md,csv,html,tex}, seeds.csv,
-          curves.csv written to disk
+- tables: summary (two-level bootstrap over bases, seeds and 200 evaluation items per cell) +
+          per-seed + curve tables and leaderboard.{md,csv,html,tex}, seeds.csv, curves.csv
+- report: report.html
 - plots:  every PNG (timed separately; not part of the table-rebuild goal)
 
 Goal (issue 5): load + tables < 2 s for 10,000 cells. File contents are seeded, so runs are
@@ -32,9 +34,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywher
 
 import numpy as np  # noqa: E402
 
+from gbmpo.evaluation import pass_at_k  # noqa: E402
 from leaderboards.plots import write_plots  # noqa: E402
 from leaderboards.reading import LeaderboardWarning, load  # noqa: E402
+from leaderboards.report import write_report  # noqa: E402
 from leaderboards.writing import make_board, write_tables  # noqa: E402
+
+N_ITEMS, K, N_BASES = 200, 16, 3  # evaluation items and samples per cell; bases per group
 
 
 def _axes(n_cells: int, n_seeds: int) -> tuple[list[str], list[str], list[str]]:
@@ -59,7 +65,8 @@ def generate(root: Path, n_cells: int, n_seeds: int, seed: int = 0) -> int:
                 for s in range(n_seeds):
                     cid = f"{t}__{a}__{d}__s{s}__{rng.integers(1 << 32):08x}"
                     manifest.append({"cell_id": cid, "task": t, "algorithm": a,
-                                     "divergence": d, "seed": s})
+                                     "divergence": d, "seed": s, "base": s % N_BASES,
+                                     "sweep": {}})
                     if written >= n_cells:
                         continue
                     u = rng.random()
@@ -68,9 +75,13 @@ def generate(root: Path, n_cells: int, n_seeds: int, seed: int = 0) -> int:
                     status = "failed" if u < 0.03 else "diverged" if u < 0.04 else "completed"
                     acc = float(np.clip(skill + rng.normal(0, 0.03), 0, 1))
                     tokens = float(rng.uniform(10, 60))
+                    correct = rng.random(N_ITEMS) < acc  # per-item outcomes, as cells store
+                    of_k = rng.binomial(K, np.clip(acc + rng.normal(0, 0.2, N_ITEMS), 0, 1))
+                    kl = float(rng.uniform(0.001, 0.1))
                     result = {
                         "schema_version": 1, "cell_id": cid, "grid": "perf", "task": t,
                         "algorithm": a, "divergence": d, "seed": s, "status": status,
+                        "base": {"seed": s % N_BASES}, "sweep": {},
                         "reason": None if status == "completed" else "synthetic",
                         "diverged_step": 17 if status == "diverged" else None,
                         "metrics": {
@@ -80,8 +91,17 @@ def generate(root: Path, n_cells: int, n_seeds: int, seed: int = 0) -> int:
                             "response_tokens_mean": {"value": tokens, "direction": "min"},
                             "reg_pg_ratio": {"value": float(rng.uniform(0, 0.1)),
                                              "direction": "none"},
-                            "train_reward_last": {"value": acc - 0.05, "direction": "max"}},
-                        "eval": {"split": "test", "n": 200, "greedy": True},
+                            "train_reward_last": {"value": acc - 0.05, "direction": "max"},
+                            **{f"pass@{k}": {"value": float(np.mean(
+                                [pass_at_k(K, int(c), k) for c in of_k])), "direction": "max"}
+                               for k in (1, 2, 4, 8, 16)},
+                            f"mean@{K}": {"value": float(of_k.mean() / K), "direction": "max"},
+                            "kl_pi_pi0": {"value": kl, "direction": "none"},
+                            "kl_pi0_pi": {"value": 1.2 * kl, "direction": "none"},
+                            "entropy": {"value": 0.3, "direction": "none"}},
+                        "eval": {"split": "test", "n": N_ITEMS, "greedy": True, "samples": K},
+                        "items": {"accuracy": "".join("1" if x else "0" for x in correct),
+                                  "correct_of_k": of_k.tolist()},
                         "wall_time_s": float(rng.uniform(60, 120)),
                         "versions": {"task": "1", "schema": 1},
                         "provenance": {"git_hash": "0" * 40, "git_dirty": False,
@@ -135,6 +155,8 @@ def main() -> None:
         board, seeds, curves = make_board(results)
         _, files = write_tables(board, seeds, curves, out)
         t_tables = clock.lap()
+        page = write_report(out / "report.html", results, board, seeds, curves)
+        t_report = clock.lap()
         plots = write_plots(board, curves, out / "plots", "accuracy")
         t_plots = clock.lap()
 
@@ -145,9 +167,10 @@ def main() -> None:
         for name, (wall, cpu) in (("load", t_load), ("tables", t_tables),
                                   ("load + tables", (t_load[0] + t_tables[0],
                                                      t_load[1] + t_tables[1])),
-                                  ("plots", t_plots)):
+                                  ("report.html", t_report), ("plots", t_plots)):
             print(f"{name:14s} {wall:5.2f}  {cpu:5.2f}")
-        print(f"({len(files)} table files, {len(plots)} PNGs; goal: load + tables < 2 s)")
+        print(f"({len(files)} table files, {len(plots)} PNGs, report.html "
+              f"{page.stat().st_size / 1e6:.1f} MB; goal: load + tables + report in seconds)")
 
 
 class _Clock:
