@@ -38,14 +38,17 @@ def test_tiny_grid_is_the_documented_main_job():
     cells = expand(load_grid(GRIDS / "tiny.toml"))
     assert len(cells) == 24
     assert {(c.algorithm, c.divergence) for c in cells} == {
-        (a, d) for a in ("dr_grpo", "grpo") for d in ("none", "kl_k3", "probl2", "neural_mirror")}
-    assert sorted({c.seed for c in cells}) == [0, 1, 2]
+        ("dr_grpo", d) for d in ("none", "kl_k3", "probl2", "neural_mirror")}
+    assert sorted({(c.base, c.seed) for c in cells}) == [(b, s) for b in (0, 1, 2)
+                                                         for s in (0, 1)]
     betas = {c.divergence: c.config.divergence.beta for c in cells}
     assert betas == {"none": 0.0, "kl_k3": 0.04, "probl2": 1e-4, "neural_mirror": 1e-4}
     for c in cells:
         assert (c.config.run.steps, c.config.rollout.prompts_per_step,
-                c.config.rollout.samples_per_prompt, c.config.eval.n) == (15, 8, 8, 200)
+                c.config.rollout.samples_per_prompt, c.config.eval.n,
+                c.config.eval.samples) == (15, 8, 8, 200, 16)
         assert (c.config.task.name, c.config.model.name) == ("arith", "tiny")
+        assert c.config.pretrain.seed == c.base and "reverse" in c.config.eval.transfer
 
 
 def test_smoke_grid_is_four_short_cells():
