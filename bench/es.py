@@ -55,6 +55,8 @@ def cell_base(task: str, algorithm: str, steps: int, seed: int, overrides: list[
             if dotted == owned or dotted.startswith(owned + "."):
                 raise SearchError(f"--set {text}: {owned} is set by {by}")
     data = C.apply_overrides({}, overrides)
+    # fitness is greedy validation accuracy: the sampled yardstick is off unless asked for
+    data.setdefault("eval", {}).setdefault("samples", 0)
     forced = {"task": {"name": task}, "algorithm": {"name": algorithm},
               "divergence": {"name": "neural_mirror", "params": {}},
               "eval": {"split": "validation"}, "run": {"steps": steps, "seed": seed}}
@@ -102,13 +104,18 @@ def fitness_from_result(result: dict) -> Fitness:
 
 
 class CellEvaluator:
-    """Candidates as cells under SEARCH_DIR/cells, run by a grid executor."""
+    """Candidates as cells under SEARCH_DIR/cells, run by a grid executor. With several
+    `seeds`, a candidate is trained once per RL seed (the same seeds for every candidate, so
+    comparisons between candidates are paired) and its fitness is the mean over seeds, a failed
+    seed counting 0; the per-seed values are kept (`seed_fitness`) to measure fitness noise."""
 
-    def __init__(self, search_dir: Path, base, executor, resources, study_name: str) -> None:
+    def __init__(self, search_dir: Path, base, executor, resources, study_name: str,
+                 seeds: list[int] | None = None) -> None:
         from bench.grid import Grid
 
         self.dir, self.base, self.executor, self.resources = search_dir, base, executor, resources
         self.study_name = study_name
+        self.seeds = seeds or [base.run.seed]
         self.grid = Grid(name=study_name, version=1, axes={
             "task": [base.task.name], "algorithm": [base.algorithm.name],
             "divergence": ["neural_mirror"], "seed": [base.run.seed],
@@ -122,58 +129,89 @@ class CellEvaluator:
         digest = hashlib.sha256(np.asarray(cand.params, np.float64).tobytes()).hexdigest()[:8]
         return (self.dir / "candidates" / f"{cand.key}-{digest}.json").resolve()
 
-    def cell(self, cand: Candidate):
+    def cell(self, cand: Candidate, seed: int | None = None):
         from bench.grid import Cell, cell_id
         from gbmpo import config as C
 
+        seed = self.base.run.seed if seed is None else seed
         data = self.base.to_dict()
         data["divergence"]["params"] = {"params_path": str(self.params_path(cand))}
+        data["run"]["seed"] = seed
         cfg = C.from_dict(data)
         b = self.base
-        grid_id = cell_id(b.task.name, b.algorithm.name, "neural_mirror", b.run.seed, cfg)
+        grid_id = cell_id(b.task.name, b.algorithm.name, "neural_mirror", seed, cfg)
         cid = f"{cand.key}__{grid_id}"
-        return Cell(cid, b.task.name, b.algorithm.name, "neural_mirror", b.run.seed, cfg,
+        return Cell(cid, b.task.name, b.algorithm.name, "neural_mirror", seed, cfg,
                     base=b.pretrain.seed)
+
+    def _fitness(self, results: list[dict]) -> Fitness:
+        fits = [fitness_from_result(r) for r in results]
+        if len(fits) == 1:
+            return fits[0]
+        values = [f.value for f in fits]  # a failed seed scores 0, as a failed run does
+        failed = all(f.failed for f in fits)
+        reasons = "; ".join(f"seed {s}: {f.reason}" for s, f in zip(self.seeds, fits,
+                                                                   strict=True) if f.failed)
+        return Fitness(float(np.mean(values)), failed, reasons or None, attrs={
+            "seed_fitness": values, "seeds": list(self.seeds),
+            "cell_ids": [f.attrs.get("cell_id") for f in fits]})
 
     def lookup(self, cand: Candidate) -> Fitness | None:
         from bench.runner import FINISHED, read_result
 
-        result, _ = read_result(self.dir / "cells" / self.cell(cand).cell_id)
-        return fitness_from_result(result) if result and result["status"] in FINISHED else None
+        results = []
+        for seed in self.seeds:
+            result, _ = read_result(self.dir / "cells" / self.cell(cand, seed).cell_id)
+            if not result or result["status"] not in FINISHED:
+                return None
+            results.append(result)
+        return self._fitness(results)
 
     def evaluate(self, cands: list[Candidate], report: Report) -> None:
         from bench.executors import Job
         from bench.runner import finalize, read_result
         from gbmpo.divergences.neural_mirror import save_params
 
-        jobs, by_dir = [], {}
+        jobs, by_dir, waiting = [], {}, {}
         for c in cands:
             done = self.lookup(c)
-            if done is not None:  # the cell store: a finished cell is read back, not rerun
+            if done is not None:  # the cell store: finished cells are read back, not rerun
                 report(c, done)
                 continue
             save_params(self.params_path(c), c.params, {
                 "source": "gbmpo-bench es candidate", "study": self.study_name,
                 "trial": c.number, "key": c.key, "generation": c.generation})
-            cell = self.cell(c)
-            job = Job(cell, self.dir / "cells" / cell.cell_id, self.resources)
-            jobs.append(job)
-            by_dir[job.cell_dir] = c
+            waiting[c.key] = {}
+            for seed in self.seeds:
+                cell = self.cell(c, seed)
+                result, _ = read_result(self.dir / "cells" / cell.cell_id)
+                if result and result["status"] in ("completed", "diverged"):
+                    waiting[c.key][seed] = result  # this seed finished before a restart
+                    continue
+                job = Job(cell, self.dir / "cells" / cell.cell_id, self.resources)
+                jobs.append(job)
+                by_dir[job.cell_dir] = (c, seed)
         if not jobs:
             return
         if not self._prepared:
             self.executor.prepare(jobs, self.dir)
             self._prepared = True
+        abandoned: set[str] = set()
 
         def on_done(job, outcome) -> None:
-            cand = by_dir[job.cell_dir]
+            cand, seed = by_dir[job.cell_dir]
+            if cand.key in abandoned:
+                return
             if finalize(self.grid, job, outcome) == "busy":
+                abandoned.add(cand.key)
                 report(cand, Fitness(0.0, abandoned=True,
-                                     reason="abandoned: its cell is locked by another process"))
+                                     reason="abandoned: a cell is locked by another process"))
                 return
             result, why = read_result(job.cell_dir)
-            report(cand, fitness_from_result(result) if result else
-                   Fitness(0.0, True, f"failed: {why}"))
+            waiting[cand.key][seed] = result or {"status": "failed", "reason": why,
+                                                 "cell_id": job.cell.cell_id}
+            if len(waiting[cand.key]) == len(self.seeds):
+                report(cand, self._fitness([waiting[cand.key][s] for s in self.seeds]))
 
         self.executor.execute(jobs, on_done)
 
@@ -270,6 +308,9 @@ def cli(args: Any, command=None) -> int:
     from bench.runner import default_workers
     from gbmpo.config import ConfigError
 
+    if args.fitness_seeds < 1:
+        print(f"error: --fitness-seeds must be >= 1, got {args.fitness_seeds}", file=sys.stderr)
+        return 2
     try:
         spec = SearchSpec(args.strategy, args.generations, EsSettings(
             population=args.population, sigma=args.sigma, sigma_decay=args.sigma_decay,
@@ -290,7 +331,8 @@ def cli(args: Any, command=None) -> int:
         batch = args.workers or default_workers(args.num_cpus)
         executor = LocalExecutor(batch, command)
     print(f"{args.strategy} search {name!r}: population {args.population}, {args.generations} "
-          f"generations, {args.steps} steps per candidate, scored on {base.eval.n} of "
+          f"generations, {args.steps} steps x {args.fitness_seeds} RL seed(s) per candidate, "
+          f"scored on {base.eval.n} of "
           f"{sizes['validation']} validation examples (disjoint from train"
           f"{' and test' if 'test' in sizes else ''}) -> {search_dir}", flush=True)
     cell_config = base.to_dict()
@@ -305,10 +347,11 @@ def cli(args: Any, command=None) -> int:
             ray.init(address=args.address, log_to_driver=False, include_dashboard=False)
         search = run_search(
             spec=spec, study_name=name, search_dir=search_dir, storage_spec=args.storage,
-            evaluator=CellEvaluator(search_dir, base, executor, resources, name),
+            evaluator=CellEvaluator(search_dir, base, executor, resources, name,
+                                    seeds=[args.seed + i for i in range(args.fitness_seeds)]),
             cell_config=cell_config, batch=batch, stale_after=args.stale_after,
             extra={"task": args.task, "algorithm": args.algorithm, "steps": args.steps,
-                   "cell_config": cell_config})
+                   "fitness_seeds": args.fitness_seeds, "cell_config": cell_config})
     except SearchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

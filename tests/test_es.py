@@ -174,7 +174,7 @@ def ledger(tmp: Path, event: str) -> list[str]:
 
 
 def search_in(tmp: Path, out: Path, *, population=4, generations=2, workers=2, storage=None,
-              duration=0.2, fail="", strategy="gbmpo-es", executor=None):
+              duration=0.2, fail="", strategy="gbmpo-es", executor=None, seeds=None):
     """run_search with real cells (LocalExecutor) of the fake trainer; returns the Search."""
     from bench.es import CellEvaluator, cell_base, run_search
     from bench.executors import LocalExecutor
@@ -190,7 +190,7 @@ def search_in(tmp: Path, out: Path, *, population=4, generations=2, workers=2, s
         run = RayExecutor(None, command, max_in_flight=workers)
     else:
         run = LocalExecutor(workers, command, poll_s=0.02)
-    ev = CellEvaluator(out, base, run, Resources(timeout_s=60), "fake")
+    ev = CellEvaluator(out, base, run, Resources(timeout_s=60), "fake", seeds=seeds)
     spec = SearchSpec(strategy, generations, EsSettings(population=population))
     return run_search(spec=spec, study_name="fake", search_dir=out, evaluator=ev, batch=workers,
                       storage_spec=storage, cell_config=base.to_dict(), poll_s=0.05,
@@ -284,6 +284,24 @@ def test_a_crashed_candidate_scores_zero_and_keeps_its_reason(tmp_path):
     rows = (tmp_path / "es" / "fitness_history.csv").read_text().splitlines()
     assert rows[0].startswith("generation,") and len(rows) == 2
     assert (tmp_path / "es" / "convergence.png").stat().st_size > 1000
+
+
+def test_several_rl_seeds_per_candidate_give_the_fitness_noise(tmp_path):
+    search = search_in(tmp_path, tmp_path / "es", generations=1, seeds=[0, 1])
+    started = ledger(tmp_path, "start")
+    assert len(started) == 8 and len(set(started)) == 4  # 4 candidates x 2 paired seeds
+    for t in search.study.get_trials():
+        values = t.user_attrs["seed_fitness"]
+        assert values[1] - values[0] == pytest.approx(0.01) and t.user_attrs["seeds"] == [0, 1]
+        assert t.value == pytest.approx(np.mean(values))
+    (row,) = search.history()
+    assert row["noise_se"] == pytest.approx(0.005)  # sd of (v, v + 0.01) / sqrt(2 seeds)
+    assert row["spread_sd"] > 0
+    header = (tmp_path / "es" / "fitness_history.csv").read_text().splitlines()[0]
+    assert "noise_se" in header and "spread_sd" in header
+    # resumed with the cells in place: read back, nothing retrained
+    search_in(tmp_path, tmp_path / "es", generations=1, seeds=[0, 1])
+    assert len(ledger(tmp_path, "start")) == 8
 
 
 def test_cmaes_through_cells_spends_its_budget_and_writes_the_best_candidate(tmp_path):
@@ -393,7 +411,9 @@ def fake_train(argv: list[str]) -> int:
     if key == args.fail:
         print("the fake trainer was told to crash", file=sys.stderr)
         return 3
-    value = surrogate(np.array(json.loads(params_path.read_text())["params"]))
+    # the RL seed moves fitness a little, as it does in real training (seed 0: none)
+    value = surrogate(np.array(json.loads(params_path.read_text())["params"])) \
+        + 0.01 * cfg["run"]["seed"]
     (out / "metrics.jsonl").write_text(json.dumps({"kind": "eval", "step": 0}) + "\n")
     result = {"schema_version": 1, "cell_id": out.name, "grid": None, "task": "arith",
               "algorithm": cfg["algorithm"]["name"], "divergence": cfg["divergence"]["name"],

@@ -49,6 +49,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="phi_0 = init_scale * N(0, 1) (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0,
                    help="search seed, also run.seed of every candidate (default: %(default)s)")
+    p.add_argument("--fitness-seeds", type=int, default=1, metavar="N",
+                   help="train each candidate with N RL seeds (seed, seed+1, ...; the same for "
+                   "every candidate) and score the mean; with N >= 2 the history reports the "
+                   "fitness noise beside the spread of candidates (default: %(default)s)")
     p.add_argument("--storage", default=None, metavar="URL",
                    help="Optuna storage: an RDB URL (sqlite:///es.db, postgresql://...) or a "
                    "journal file path (default: OUT/study.journal)")

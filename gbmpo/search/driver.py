@@ -184,7 +184,28 @@ class Search:
         for r in rows:
             best = max(best, r["max"])
             r["best_so_far"] = best
+        self._add_noise(rows)
         return rows
+
+    def _add_noise(self, rows: list[dict]) -> None:
+        """With several RL seeds per candidate (paired: every candidate uses the same seeds),
+        each generation's row gets `spread_sd`, the spread of candidate fitness, beside
+        `noise_se`, the standard error of one candidate's fitness from its seed-to-seed
+        variance (pooled over the generation). A spread below the noise means the search
+        cannot tell its candidates apart."""
+        done = self._complete()
+        n = self.spec.es.population
+        for r in rows:
+            g = r["generation"]
+            trials = ([t for t in done if t.user_attrs.get("es_generation") == g]
+                      if self.spec.strategy == "gbmpo-es" else done[g * n:(g + 1) * n])
+            per_seed = [t.user_attrs.get("seed_fitness") for t in trials]
+            per_seed = [np.asarray(x, float) for x in per_seed if x and len(x) >= 2]
+            if len(per_seed) < 2:
+                continue
+            within = float(np.mean([x.var(ddof=1) for x in per_seed]))
+            r["noise_se"] = math.sqrt(within / min(len(x) for x in per_seed))
+            r["spread_sd"] = float(np.std([x.mean() for x in per_seed], ddof=1))
 
     def best_candidate(self) -> FrozenTrial | None:
         done = self._complete()
