@@ -25,15 +25,17 @@ PRESETS: dict[str, Preset] = {
     # The shipped tiny base (model "tiny" with the default [pretrain] recipe: loads at once
     # when the project ships it, else it is pretrained once and cached), the default task,
     # and a run just long enough to see a divergence change something: 10 RL steps of
-    # 8 prompts x 8 samples (~1.5 s each on 2 CPU cores) and greedy accuracy on 50 test items.
-    # Everything else (algorithm, divergence, beta, seed) keeps the defaults unless --set.
+    # 8 prompts x 8 samples (~1.5 s each on 2 idle CPU cores), greedy accuracy on 50 test
+    # items and 4 samples per item for pass@k and the drift from the base (16 by default:
+    # the sampled evaluation would cost more than the training). Everything else
+    # (algorithm, divergence, beta, seed) keeps the defaults unless --set.
     "quick": Preset(
         "one-minute try-out on the shipped tiny base: 10 RL steps, eval on 50 test items; "
         "compare two runs that differ in --set divergence.name=...",
         {"model": {"name": "tiny"},
          "run": {"steps": 10},
          "rollout": {"prompts_per_step": 8, "samples_per_prompt": 8},
-         "eval": {"n": 50}},
+         "eval": {"n": 50, "samples": 4}},
     ),
 }
 

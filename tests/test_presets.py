@@ -17,7 +17,8 @@ def test_precedence_defaults_preset_file_set(tmp_path):
     assert cfg.run.steps == 5  # the file over the preset
     assert cfg.eval.n == 7 and cfg.divergence.name == "none"  # --set over both
     assert cfg.model.name == "tiny" and cfg.pretrain == C.PretrainSection()  # the shipped base
-    assert presets.load("quick").run.steps == 10 and presets.load("quick").eval.n == 50
+    quick = presets.load("quick")
+    assert (quick.run.steps, quick.eval.n, quick.eval.samples) == (10, 50, 4)
     assert presets.load(None) == C.load()
 
 

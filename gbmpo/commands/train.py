@@ -10,7 +10,10 @@ Try a divergence for a minute, then its comparison partner, on the shipped tiny 
     gbmpo-bench train --preset quick --set divergence.name=none
     gbmpo-bench leaderboard runs/quick --baseline dr_grpo:none
 
-Each run ends with a one-row summary in the same columns, so two runs line up.
+Each run ends with a one-row summary in the same columns, so two runs line up: greedy accuracy
+before and after, the mean reward of the first and last step, reg/pg (the mean |beta * D| over
+the |policy term|: near 0, the penalty did nothing), kl_pi_pi0 (per-token KL of the trained
+policy from the base on its own samples), mean response length and wall time.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from gbmpo.presets import PRESETS, help_text
 HELP = "train one cell (one algorithm x divergence x seed)"
 
 COLUMNS = ("divergence", "beta", "algorithm", "seed", "steps", "base_acc", "acc", "delta",
-           "reward_first", "reward_last", "reg/pg", "resp_tokens", "wall_s")
+           "reward_first", "reward_last", "reg/pg", "kl_pi_pi0", "resp_tokens", "wall_s")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -72,7 +75,8 @@ def summary_row(result: dict, out: Path) -> dict[str, str]:
         "delta": "n/a" if acc is None else f"{acc - base:+.3f}",
         "reward_first": f"{rewards[0]:.3f}" if rewards else "n/a",
         "reward_last": f"{rewards[-1]:.3f}" if rewards else "n/a",
-        "reg/pg": num("reg_pg_ratio", ".1e"), "resp_tokens": num("response_tokens_mean", ".1f"),
+        "reg/pg": num("reg_pg_ratio", ".1e"), "kl_pi_pi0": num("kl_pi_pi0", ".1e"),
+        "resp_tokens": num("response_tokens_mean", ".1f"),
         "wall_s": f"{result['wall_time_s']:.0f}",
     }
 
