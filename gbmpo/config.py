@@ -40,7 +40,9 @@ class RunSection:
     eval_every: int = _f(0, "Evaluate every N steps (0: only before training and at the end).")
     device: str = _f("cpu", "Torch device: cpu, cuda, cuda:N, or auto (cuda when available).")
     dtype: str = _f("float32", "Training dtype: float32 or bfloat16.")
-    threads: int = _f(0, "torch intra-op threads (0: leave torch's default).")
+    threads: int = _f(
+        0, "torch intra-op threads (0: the cores this process may use minus those other "
+        "processes keep busy, re-checked every few seconds; OMP_NUM_THREADS also fixes it).")
     deterministic: bool = _f(True, "torch.use_deterministic_algorithms; same seed, same metrics.")
     save_model: bool = _f(False, "Save the final policy (HF directory) under <out>/model.")
     report_to: list = _f(

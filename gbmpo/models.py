@@ -29,6 +29,7 @@ import torch
 
 from gbmpo import bases
 from gbmpo.config import PretrainSection, RunConfig
+from gbmpo.threads import ThreadGovernor
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 CHARS = string.printable.replace("\x0b", "").replace("\x0c", "").replace("\r", "")
@@ -144,13 +145,6 @@ def ensure_local_tiny(cfg: PretrainSection, progress: bool = True, device: str =
     return target
 
 
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity), not the machine's count."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
-
-
 def _sft_corpus(cfg: PretrainSection) -> list[tuple[str, str]]:
     from gbmpo.tasks import TASKS
 
@@ -174,8 +168,7 @@ def pretrain_tiny(cfg: PretrainSection, out: Path, progress: bool = True,
     t0 = time.time()
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if "OMP_NUM_THREADS" not in os.environ:  # torch's default counts every core of the machine
-        torch.set_num_threads(usable_cores())
+    threads = ThreadGovernor()  # the cores this process is given, re-checked as it goes
     tok = build_char_tokenizer()
     model = build_tiny_model(cfg, len(tok), tok.eos_token_id, tok.pad_token_id).to(device)
     n_params = sum(p.numel() for p in model.parameters())
@@ -202,6 +195,7 @@ def pretrain_tiny(cfg: PretrainSection, out: Path, progress: bool = True,
         out_.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        threads.tick()
         cur = out_.loss.item()
         loss_ema = cur if loss_ema is None else 0.95 * loss_ema + 0.05 * cur
         if step % 10 == 0:

@@ -40,6 +40,7 @@ from gbmpo.results import (
 )
 from gbmpo.rollout import BACKENDS
 from gbmpo.tasks import TASKS
+from gbmpo.threads import ThreadGovernor
 
 
 class Diverged(RuntimeError):
@@ -54,11 +55,9 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def seed_everything(seed: int, deterministic: bool, threads: int) -> None:
+def seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
-    if threads:
-        torch.set_num_threads(threads)
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
@@ -90,7 +89,8 @@ def train(cfg: RunConfig, out_dir: str | Path, progress: bool = True) -> dict[st
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "config.toml", cfg.to_toml())
-    seed_everything(cfg.run.seed, cfg.run.deterministic, cfg.run.threads)
+    seed_everything(cfg.run.seed, cfg.run.deterministic)
+    threads = ThreadGovernor(cfg.run.threads)  # run.threads, else the cores free right now
     device = pick_device(cfg.run.device)
 
     task = TASKS.get(cfg.task.name)(**cfg.task.params)
@@ -169,6 +169,7 @@ def train(cfg: RunConfig, out_dir: str | Path, progress: bool = True) -> dict[st
                                   reference, initial, backend, algo, div, beta, opt, sched,
                                   device, measure_grads=is_eval_step)
             metrics.write({"kind": "train", "step": step, **last_train})
+            threads.tick()
             for k, vals in ratios.items():
                 if k in last_train:
                     vals.append(last_train[k])
