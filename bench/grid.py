@@ -205,12 +205,21 @@ def _check_config_table(table: dict, where: str, fail: Any) -> None:
         raise fail(f"{where}: {e}") from None
 
 
-def _registry_names(plural: str) -> list[str]:
+def _registry_names(plural: str, fail: Any) -> list[str]:
+    """Every registered name; a plugin file that failed to load stops the expansion (an "all"
+    axis must not silently leave an entry out)."""
     import importlib
+
+    from gbmpo.registry import RegistryError
 
     module = {"tasks": "gbmpo.tasks", "algorithms": "gbmpo.algorithms",
               "divergences": "gbmpo.divergences"}[plural]
-    return getattr(importlib.import_module(module), REGISTRY_AXES[plural]).names()
+    registry = getattr(importlib.import_module(module), REGISTRY_AXES[plural])
+    try:
+        registry.check()
+    except RegistryError as e:
+        raise fail(f"axes.{plural} = all: {e}") from None
+    return registry.names()
 
 
 def _every_registered(plural: str, value: Any, fail: Any) -> list[str]:
@@ -222,7 +231,7 @@ def _every_registered(plural: str, value: Any, fail: Any) -> list[str]:
     if extra or value.get("all") is not True:
         raise fail(f"axes.{plural} as a table must be {{all = true, except = [...]}}, got "
                    f"{value!r}")
-    names = _registry_names(plural)
+    names = _registry_names(plural, fail)
     skip = value.get("except", [])
     if not isinstance(skip, list) or not all(isinstance(x, str) for x in skip):
         raise fail(f"axes.{plural}.except must be a list of names, got {skip!r}")

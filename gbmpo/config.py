@@ -410,6 +410,12 @@ def validate_config(cfg: RunConfig) -> None:
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
+    from gbmpo.reporting import ReporterError, validate_report_to
+
+    try:
+        validate_report_to(cfg.run.report_to)
+    except ReporterError as e:
+        raise ConfigError(str(e)) from None
     for name, params in cfg.eval.transfer.items():
         if not isinstance(params, dict):
             raise ConfigError(f"eval.transfer.{name} must be a table of task parameters")

@@ -25,12 +25,14 @@ import torch
 
 from gbmpo import evaluation
 from gbmpo.algorithms import ALGORITHMS
+from gbmpo.checks import check_plugin_output
 from gbmpo.config import RunConfig
 from gbmpo.core import TokenView, aggregate, k3, masked
 from gbmpo.divergences import DIVERGENCES
 from gbmpo.evaluation import completion_logits, evaluate, yardstick
 from gbmpo.kl_control import BetaController
 from gbmpo.models import base_identity, cache_root, file_lock, load_policy_and_reference
+from gbmpo.reporting import open_reporters
 from gbmpo.results import (
     SCHEMA_VERSION,
     JsonlWriter,
@@ -119,7 +121,8 @@ def train(cfg: RunConfig, out_dir: str | Path, progress: bool = True) -> dict[st
     sched = make_schedule(opt, cfg)
     beta = BetaController(cfg.divergence.beta, cfg.divergence.target_kl,
                           cfg.divergence.kl_horizon)
-    metrics = JsonlWriter(out / "metrics.jsonl")
+    metrics = _Metrics(out / "metrics.jsonl",
+                       open_reporters(cfg.run.report_to, out, out.name, cfg.to_dict()))
     transfer = {name: TASKS.get(name)(**params) for name, params in cfg.eval.transfer.items()}
 
     def run_eval(step: int) -> dict[str, Any]:
@@ -201,6 +204,21 @@ def train(cfg: RunConfig, out_dir: str | Path, progress: bool = True) -> dict[st
                      beta, out, div, task, isolation, base, device, time.time() - t_start)
     write_json_atomic(out / "result.json", result)
     return result
+
+
+class _Metrics:
+    """metrics.jsonl, and the same rows to the live loggers of run.report_to."""
+
+    def __init__(self, path: Path, reporter) -> None:
+        self.jsonl, self.reporter = JsonlWriter(path), reporter
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.jsonl.write(row)
+        self.reporter.log(row)
+
+    def close(self) -> None:
+        self.jsonl.close()
+        self.reporter.close()
 
 
 def _scalars(r: dict[str, Any]) -> dict[str, Any]:
@@ -307,6 +325,8 @@ def _rl_step(cfg, step, examples, task, tok, policy, reference, initial, backend
             # ---- the algorithm and the divergence meet here, and only here ----
             pg, stats = algo.surrogate(view, adv_B[s])
             D = div.per_token(view)
+            if step == 1:  # a plugin that breaks the contract stops before any update
+                _check_plugins(cfg, pg, D, view.mask)
             loss = aggregate(pg + coef * D, view.mask, algo.aggregation,
                              R.max_new_tokens, n_tokens=n_tokens, n_seqs=B)
             if not torch.isfinite(loss):
@@ -363,6 +383,11 @@ def _rl_step(cfg, step, examples, task, tok, policy, reference, initial, backend
     }
 
 
+def _check_plugins(cfg, pg, D, mask) -> None:
+    check_plugin_output("algorithm", cfg.algorithm.name, pg, mask, "surrogate")
+    check_plugin_output("divergence", cfg.divergence.name, D, mask, "per_token")
+
+
 GRAD_PROBE_SEQS = 16  # sequences in the gradient-norm probe (a slice of the batch)
 
 
@@ -383,6 +408,7 @@ def _grad_ratio(cfg, policy, logprobs, part, logp_ref, mask, rewards_B, group_id
                                         torch.log_softmax(ref_logits(s), -1)))
     pg, _ = algo.surrogate(view, adv_B[s])
     D = div.per_token(view)
+    _check_plugins(cfg, pg, D, view.mask)
     max_len = cfg.rollout.max_new_tokens
 
     def norm(term) -> float:

@@ -188,3 +188,32 @@ def test_two_step_gsm8k_cell_from_local_files(tmp_path, shared_data):
     result = train(cfg, tmp_path / "cell", progress=False)
     assert result["status"] == "completed" and result["eval"]["n"] == 4
     assert {"accuracy_strict", "accuracy_flexible"} <= set(result["metrics"])
+
+
+@pytest.mark.parametrize("shape, hint", [
+    ((), "a scalar"), (("B",), "one value per sequence"), (("B", "T+1"), "columns")])
+def test_a_divergence_of_the_wrong_shape_stops_before_any_update(tmp_path, shape, hint):
+    from gbmpo.checks import PluginOutputError
+    from gbmpo.divergences import DIVERGENCES, Divergence
+
+    class Bad(Divergence):
+        def per_token(self, view):
+            B, T = view.logp.shape
+            dims = [{"B": B, "T": T, "T+1": T + 1}[d] for d in shape]
+            return view.logp.sum() * 0 + torch.zeros(dims)
+
+    DIVERGENCES.register("bad_shape_test")(Bad)
+    try:
+        cfg = fast_cfg(divergence={"name": "bad_shape_test", "beta": 0.1},
+                       run={"steps": 2, "save_model": True})
+        base = load_file(str(ensure_tiny(cfg.pretrain) / "model.safetensors"))
+        with pytest.raises(PluginOutputError) as e:
+            train(cfg, tmp_path / "cell", progress=False)
+    finally:
+        DIVERGENCES._regs.pop("bad_shape_test")
+    msg = str(e.value)
+    assert "divergence 'bad_shape_test'" in msg and "per_token" in msg and hint in msg
+    assert not (tmp_path / "cell" / "model").exists()  # nothing trained, nothing saved
+    assert base  # the base weights were read; the policy never took a step
+    rows = (tmp_path / "cell" / "metrics.jsonl").read_text().splitlines()
+    assert not any('"kind": "train"' in r for r in rows)
