@@ -16,7 +16,8 @@ from gbmpo.trainer import train
 
 D = torch.float64
 KLS = ["fkl", "rkl", "ufkl", "urkl"]
-# the per-token forms of DESIGN §3, written out independently of gbmpo.fdivergences
+# the per-token forms of the RPG KL family (w = p / p_ref; RPG, fully differentiable forms),
+# written out independently of gbmpo.fdivergences
 FORM = {
     "fkl": lambda w: -torch.log(w),
     "rkl": lambda w: w * torch.log(w),
