@@ -71,6 +71,7 @@ from sandbox.result import (
     IsolationError,
     Limits,
     Status,
+    Suite,
 )
 
 __all__ = [
@@ -82,6 +83,7 @@ __all__ = [
     "Limits",
     "Pool",
     "Status",
+    "Suite",
     "detect",
     "require_isolation",
     "run",

@@ -1,78 +1,41 @@
-"""What runs in a program's process: the last confinement steps, then the program, then the
-tests, then the pass signal. Nothing here returns to the worker: every path ends in
-`os._exit`.
+"""What runs in a program's process: the last confinement steps, then the program. Nothing
+here returns to the worker: every path ends in `os._exit`.
 
-Channel to the worker: fd 3 (a pipe). The only pass signal is b"P" + nonce + test count,
-written after the last test returned. A failure is reported as b"F" + JSON, a setup failure
-as b"S" + text. The nonce is 16 random bytes drawn by the worker for this run only; exit
-codes, atexit hooks and writes to any inherited fd cannot produce it (see the threat model in
-`sandbox/__init__.py`).
+Two modes, chosen per job:
 
-A job reaches the child as a limits record (`_LIMITS`) followed by length-prefixed items:
-the program's source, then each test, already compiled and marshalled by the pool where it
-compiles. Plain structs instead of JSON: every object a child allocates costs it page faults.
+- proxy (the default): the program runs here and serves calls from the trusted evaluator,
+  which runs the tests in its own process and alone decides the verdict (`_program`,
+  `_evaluator`). This process holds no nonce and no channel to the worker.
+- in-process (a declared fallback for tests that need the program's own objects): the
+  program and then the tests run here, as in every classic harness, and the only pass
+  signal is b"P" + nonce + test count, written to fd 3 after the last test returned; a
+  failure is b"F" + JSON, a setup failure b"S" + text. The 16-byte nonce is drawn by the
+  worker for this run only; exit codes, atexit hooks and writes to any inherited fd cannot
+  produce it. Code in this process can read its memory, though: see docs/sandbox.md.
 """
 
 from __future__ import annotations
 
 import builtins
-import json
+import fcntl
 import marshal
 import os
 import resource
-import struct
 import sys
 import traceback
 import types
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable
 
-from sandbox import _linux
+from sandbox import _job, _linux, _program
 
-SIGNAL_FD = 3
+TYPE_CHECKING = False  # typing is not imported at run time: every process is leaner
+if TYPE_CHECKING:
+    from typing import Any
+
+SIGNAL_FD = 3  # in-process mode: the pass signal to the worker
+REQUEST_FD, REPLY_FD = 4, 5  # proxy mode: calls from the evaluator, replies to it
 SETUP_FAILED_EXIT = 121
 _MB = 1 << 20
-_LIMIT_FIELDS = ("cpu_limit_s", "memory_mb", "max_processes", "file_size_mb", "open_files")
-_LIMITS = struct.Struct("=5I")
-_LEN = struct.Struct(">I")
-
-
-def compile_test(test: str, index: int) -> bytes | None:
-    """A test compiled and marshalled by the caller (tests are trusted; programs are never
-    compiled outside their sandbox), or None if it does not compile: the harness then
-    reports that itself. Loading marshalled code costs a child far less than compiling."""
-    try:
-        return marshal.dumps(compile(test, f"<test {index}>", "exec"))
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return None
-
-
-def encode_payload(program: str, tests: Sequence[str],
-                   compiled: Sequence[bytes | None] | None = None) -> bytes:
-    """The program, then each test: b"M" + marshalled code where `compiled` has it, else
-    b"S" + UTF-8 source; every item length-prefixed."""
-    out = []
-    b = program.encode("utf-8", "surrogatepass")
-    out.append(_LEN.pack(len(b)) + b)
-    for i, test in enumerate(tests):
-        code = compiled[i] if compiled is not None else None
-        b = b"M" + code if code is not None else b"S" + test.encode("utf-8", "surrogatepass")
-        out.append(_LEN.pack(len(b)) + b)
-    return b"".join(out)
-
-
-def encode_limits(limits: dict[str, Any]) -> bytes:
-    return _LIMITS.pack(*(int(limits[f]) for f in _LIMIT_FIELDS))
-
-
-def _decode_job(data: bytes) -> tuple[tuple[int, ...], str, list[bytes]]:
-    limits = _LIMITS.unpack_from(data, 0)
-    off, parts = _LIMITS.size, []
-    while off < len(data):
-        (n,) = _LEN.unpack_from(data, off)
-        parts.append(data[off + 4:off + 4 + n])
-        off += 4 + n
-    return limits, parts[0].decode("utf-8", "surrogatepass"), parts[1:]
 
 
 class Confinement:
@@ -90,6 +53,11 @@ class Confinement:
         # CAP_DAC_READ_SEARCH. Landlock, where in force, still confines reads to the allowlist.
         self.keep_read_search = False
         self.landlock_fd, self.seccomp = landlock_fd, seccomp
+        # A Landlock ruleset that only scopes signals and abstract sockets (ABI >= 6): a
+        # program's process enters it as a nested domain, so it cannot signal or trace the
+        # evaluator, which stays in the outer one.
+        self.scope_fd: int | None = None
+        self.scoped = False  # entered already (by the zygote, for all its children)
         self.inherited = False  # the zygote applied drop, Landlock and seccomp already
         self.pdeathsig = True  # without a PID namespace, die when the worker dies
 
@@ -112,7 +80,7 @@ class Confinement:
             _step("landlock", lambda: _linux.landlock_restrict_self(self.landlock_fd), probe)
 
     def set_rlimits(self, limits: tuple[int, ...], probe: dict[str, str] | None = None) -> None:
-        cpu, memory_mb, max_processes, file_size_mb, open_files = limits
+        cpu, memory_mb, max_processes, file_size_mb, open_files, _ = limits
         # A dropped uid is shared with the zygote; a caller's own uid with all its processes.
         nproc = max_processes + (1 if self.uid is not None else self.nproc_base)
 
@@ -130,6 +98,16 @@ class Confinement:
 
         _step("rlimits", set_all, probe)
 
+    def set_evaluator_limits(self, memory_mb: int, open_files: int) -> None:
+        """The evaluator's own limits: memory and files; no CPU limit (it lives across jobs;
+        the worker's wall clock bounds each job) and no new processes."""
+        for res, val in ((resource.RLIMIT_AS, memory_mb * _MB),
+                         (resource.RLIMIT_DATA, memory_mb * _MB),
+                         (resource.RLIMIT_NOFILE, open_files), (resource.RLIMIT_CORE, 0),
+                         (resource.RLIMIT_MEMLOCK, 0), (resource.RLIMIT_MSGQUEUE, 0),
+                         (resource.RLIMIT_FSIZE, 0)):
+            resource.setrlimit(res, (val, val))
+
     def install_seccomp(self, probe: dict[str, str] | None = None) -> None:
         if self.seccomp is not None:
             _step("seccomp", self.seccomp.install, probe)
@@ -146,21 +124,25 @@ def _step(name: str, fn: Callable[[], None], probe: dict[str, str] | None) -> No
         probe[name] = f"{type(e).__name__}: {e}"
 
 
-def child_main(*, job_fd: int, nonce: bytes, stdio: tuple[int, int, int, int], scratch: str,
-               conf: Confinement,
+def child_main(*, job_fd: int, fds: tuple[int, ...], scratch: str, conf: Confinement,
                probe: Callable[[dict[str, str]], bytes] | None = None) -> None:
     """Entry point of a program's process. It is created ahead of time (a spare), prepares
     what does not depend on the job, blocks reading its job from `job_fd`, confines itself
-    and runs it. With `probe`, it reports the start-up checks instead. Never returns."""
+    and runs it. `fds`: /dev/null, stdout, stderr, the signal pipe and the two pipes to the
+    evaluator. With `probe`, it reports the start-up checks instead. Never returns."""
     res: dict[str, str] | None = {} if probe is not None else None
     try:
+        _linux.set_name(b"sandbox-prog")
         os.setsid()  # own session and process group: the worker kills the group as a whole
-        null_fd, out_w, err_w, sig_w = stdio
-        os.dup2(null_fd, 0)
-        os.dup2(out_w, 1)
-        os.dup2(err_w, 2)
-        os.dup2(sig_w, SIGNAL_FD)
-        os.set_inheritable(SIGNAL_FD, False)
+        # first out of the way of the targets (a received fd may sit on 3-5), then in place
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64) for fd in fds]
+        job_fd = fcntl.fcntl(job_fd, fcntl.F_DUPFD_CLOEXEC, 64)
+        for dst, src in enumerate(high):
+            os.dup2(src, dst, inheritable=dst < SIGNAL_FD)
+        # nothing else stays open: not the worker's ends of these pipes (a forked child
+        # holds them too), not another run's; only the job and the rulesets still needed
+        _close_except({job_fd} | {fd for fd in (conf.landlock_fd, conf.scope_fd)
+                                  if fd is not None}, REPLY_FD + 1)
         os.chdir(scratch)
         if conf.pdeathsig:
             _linux.prctl(_linux.PR_SET_PDEATHSIG, 9)
@@ -171,11 +153,18 @@ def child_main(*, job_fd: int, nonce: bytes, stdio: tuple[int, int, int, int], s
             chunks.append(chunk)
         if not chunks:  # the worker is shutting down; this spare was never used
             os._exit(0)
-        limits, program, tests = _decode_job(b"".join(chunks))
+        limits, mode, nonce, parts = _job.decode_program_job(b"".join(chunks))
         conf.set_rlimits(limits, res)
         if not conf.inherited:
             conf.install_seccomp(res)
-        os.closerange(SIGNAL_FD + 1, 1 << 16)  # worker pipes, ruleset fd: nothing else leaks
+        if mode == _job.PROXY:
+            if conf.scope_fd is not None and not conf.scoped:
+                _linux.landlock_restrict_self(conf.scope_fd)
+            os.close(SIGNAL_FD)  # from here on, this process never speaks to the worker
+            keep = REPLY_FD
+        else:
+            keep = SIGNAL_FD
+        os.closerange(keep + 1, 1 << 16)  # worker pipes, ruleset fds: nothing else leaks
     except BaseException as e:  # any setup failure is the sandbox's fault
         try:
             os.write(SIGNAL_FD, b"S" + f"{type(e).__name__}: {e}".encode()[:2000])
@@ -186,7 +175,19 @@ def child_main(*, job_fd: int, nonce: bytes, stdio: tuple[int, int, int, int], s
             os.write(SIGNAL_FD, probe(res or {}))
         finally:
             os._exit(0)
-    _execute(program, tests, nonce)
+    program = parts[0].decode("utf-8", "surrogatepass")
+    program_setup = parts[1].decode("utf-8", "surrogatepass")
+    names = parts[2].decode().split("\n") if parts[2] else []
+    if mode == _job.PROXY:
+        _program.serve(program, program_setup, names, REQUEST_FD, REPLY_FD, limits[5] * _MB)
+    _execute(program, program_setup, parts[3], parts[4:], nonce)
+
+
+def _close_except(keep: set[int], lo: int) -> None:
+    for fd in sorted(keep) + [1 << 16]:
+        if fd > lo:
+            os.closerange(lo, fd)
+        lo = max(lo, fd + 1)
 
 
 def set_process_state(scratch: str) -> None:
@@ -220,13 +221,17 @@ def _describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg}"[:500] if msg else type(e).__name__
 
 
-def _load_test(item: bytes, index: int) -> Any:
+def _load(item: bytes, label: str) -> Any:
     if item[:1] == b"M":
-        return marshal.loads(item[1:])
-    return compile(item[1:].decode("utf-8", "surrogatepass"), f"<test {index}>", "exec")
+        return marshal.loads(item[9:])
+    return compile(item[1:].decode("utf-8", "surrogatepass"), label, "exec")
 
 
-def _execute(program: str, tests: list[bytes], nonce: bytes) -> None:
+def _execute(program: str, program_setup: str, setup: bytes, tests: list[bytes],
+             nonce: bytes) -> None:
+    """The in-process fallback: the task's setup, the program, its setup and the tests
+    share one namespace and one process."""
+    import json  # here, not at module level: the zygote (and so every process) stays lean
     # Everything the harness needs after untrusted code starts is bound to locals first:
     # replacing builtins.exec, os.write or this module's globals cannot skip a test.
     exec_, write, exit_, compile_ = builtins.exec, os.write, os._exit, builtins.compile
@@ -250,7 +255,8 @@ def _execute(program: str, tests: list[bytes], nonce: bytes) -> None:
             exit_(1)
 
     try:
-        codes = tuple(_load_test(t, i) for i, t in enumerate(tests))
+        codes = tuple(_load(t, f"<test {i}>") for i, t in enumerate(tests))
+        setup_code = _load(setup, "<setup>") if setup else None
     except BaseException as e:
         report("error", None, None, f"a test does not compile: {_describe(e)}")
     try:
@@ -263,10 +269,20 @@ def _execute(program: str, tests: list[bytes], nonce: bytes) -> None:
     sys.modules["solution"] = module
     namespace = module.__dict__
     namespace["__builtins__"] = builtins
+    if setup_code is not None:
+        try:
+            exec_(setup_code, namespace)
+        except BaseException as e:
+            report("error", None, None, f"the task's setup failed: {_describe(e)}")
     try:
         exec_(program_code, namespace)
     except BaseException as e:  # includes SystemExit: no test ran, no pass
         report(_classify(e), None, e)
+    if program_setup:
+        try:
+            exec_(compile_(program_setup, "<program setup>", "exec"), namespace)
+        except BaseException as e:
+            report("error", None, None, f"the task's program setup failed: {_describe(e)}")
     for index, code in enumerate(codes):
         try:
             exec_(code, namespace)

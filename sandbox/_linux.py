@@ -9,10 +9,10 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 import struct
 
 _libc = ctypes.CDLL(None, use_errno=True)
+_MACHINE = os.uname().machine
 _libc.syscall.restype = ctypes.c_long
 _libc.prctl.restype = ctypes.c_int
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
@@ -31,6 +31,20 @@ def prctl(option: int, arg2: int = 0) -> None:
     if _libc.prctl(option, arg2, 0, 0, 0) != 0:
         e = ctypes.get_errno()
         raise OSError(e, f"prctl({option}): {os.strerror(e)}")
+
+
+PR_SET_NAME = 15
+# a second handle on prctl that takes a C string: naming a process then creates no ctypes
+# type (a new array type per call would cost every new process a PyType_Ready)
+_prctl_str = _libc["prctl"]
+_prctl_str.restype = ctypes.c_int
+_prctl_str.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_ulong,
+                       ctypes.c_ulong]
+
+
+def set_name(name: bytes) -> None:
+    """The process name shown by ps and top (15 bytes at most); best effort."""
+    _prctl_str(PR_SET_NAME, name, 0, 0, 0)
 
 
 PR_SET_KEEPCAPS = 8
@@ -65,19 +79,21 @@ _SIGCHLD = 17
 def clone_parent_supported() -> bool:
     """Raw clone() is safe for a single-threaded Python on glibc >= 2.34, whose raise() asks
     the kernel for the thread id instead of trusting the copied thread descriptor."""
+    import platform  # the worker only: the zygote and its children never need it
+
     libc, version = platform.libc_ver()
     try:
         major, minor = (int(x) for x in version.split(".")[:2])
     except ValueError:
         return False
-    return platform.machine() in _NR_CLONE and libc == "glibc" and (major, minor) >= (2, 34)
+    return _MACHINE in _NR_CLONE and libc == "glibc" and (major, minor) >= (2, 34)
 
 
 def clone_parent() -> int:
     """clone(CLONE_PARENT | SIGCHLD): like fork(), but the new process is a child of the
     caller's parent. Returns 0 in the new process, its pid in the caller. The caller must be
     single-threaded and hold no locks (Python's after-fork hooks do not run)."""
-    pid = _libc.syscall(_NR_CLONE[platform.machine()], ctypes.c_ulong(_CLONE_PARENT | _SIGCHLD),
+    pid = _libc.syscall(_NR_CLONE[_MACHINE], ctypes.c_ulong(_CLONE_PARENT | _SIGCHLD),
                         ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0),
                         ctypes.c_ulong(0))
     if pid < 0:
@@ -166,7 +182,7 @@ def _ins(code: int, jt: int, jf: int, k: int) -> bytes:
 
 
 def seccomp_supported_arch() -> str | None:
-    m = platform.machine()
+    m = _MACHINE
     return m if m in _ARCHES else None
 
 
@@ -182,7 +198,7 @@ def build_seccomp_filter(protected_pids: list[int], zygote: bool = False) -> byt
     what its children start with setsid() the worker's subreaper sweep still kills)."""
     arch = seccomp_supported_arch()
     if arch is None:
-        raise OSError(errno.ENOSYS, f"seccomp filter has no syscall table for {platform.machine()}")
+        raise OSError(errno.ENOSYS, f"seccomp filter has no syscall table for {_MACHINE}")
     nr = _SYSCALLS[arch]
     eperm = _RET_ERRNO | errno.EPERM
     prog = [
@@ -349,6 +365,22 @@ def build_landlock_ruleset(abi: int, read_paths: list[str], write_paths: list[st
         os.close(fd)
         raise
     return fd
+
+
+def build_landlock_scope(abi: int) -> int | None:
+    """A ruleset fd that only scopes signals and abstract UNIX sockets (ABI >= 6; None
+    below). A process that enters it becomes a nested domain: it can no longer signal,
+    trace or connect to processes of the domain it came from."""
+    if abi < 6:
+        return None
+    attr = struct.pack("=QQQ", 0, 0, _SCOPE_ALL)
+    abuf = ctypes.create_string_buffer(attr, len(attr))
+    fd = _libc.syscall(_NR_LANDLOCK_CREATE_RULESET, abuf, ctypes.c_size_t(len(attr)),
+                       ctypes.c_uint32(0))
+    if fd < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"landlock_create_ruleset (scope): {os.strerror(e)}")
+    return int(fd)
 
 
 def landlock_restrict_self(ruleset_fd: int) -> None:

@@ -8,6 +8,7 @@ interpreter start-up.
 from __future__ import annotations
 
 import atexit
+import binascii
 import json
 import os
 import queue
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sandbox._cgroup import Cgroups
-from sandbox._harness import compile_test, encode_payload
+from sandbox._compile import Compiler
 from sandbox._worker import frame, write_msg
 from sandbox.result import (
     LEVEL_FEATURES,
@@ -38,6 +39,7 @@ from sandbox.result import (
     IsolationError,
     Limits,
     Status,
+    Suite,
     level_from_checks,
 )
 
@@ -56,7 +58,6 @@ _WORKER_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_CHOWN", "CAP_DAC_OV
 _START_TIMEOUT_S = 60.0
 _PIPELINE_MAX_BYTES = 16 << 10  # well under a pipe's 64 KiB
 _REPLY_MARGIN_S = 30.0
-_COMPILED_CACHE = 4096  # marshalled tests kept per pool
 
 _bwrap_broken: str | None = None  # why bubblewrap failed in this process, once it has
 _min_level: Isolation | None = None  # set by require_isolation()
@@ -110,9 +111,12 @@ def _host_namespaces() -> dict[str, str]:
     return out
 
 
-def _read_msg(fd: int, deadline: float) -> Any:
-    def exact(n: int) -> bytes | None:
-        buf = bytearray()
+def _read_msg(fd: int, deadline: float, buf: bytearray | None = None) -> Any:
+    """One JSON frame from `fd` before `deadline`, or None at end of file. `buf` keeps what
+    was read beyond the frame (a worker's replies often arrive together)."""
+    buf = bytearray() if buf is None else buf
+
+    def fill(n: int) -> bool:
         while len(buf) < n:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -120,17 +124,20 @@ def _read_msg(fd: int, deadline: float) -> Any:
             r, _, _ = select.select([fd], [], [], left)
             if not r:
                 raise TimeoutError
-            chunk = os.read(fd, n - len(buf))
+            chunk = os.read(fd, 1 << 16)
             if not chunk:
-                return None
-            buf += chunk
-        return bytes(buf)
+                return False
+            buf.extend(chunk)
+        return True
 
-    head = exact(4)
-    if head is None:
+    if not fill(4):
         return None
-    body = exact(struct.unpack(">I", head)[0])
-    return None if body is None else json.loads(body)
+    n = struct.unpack_from(">I", buf)[0]
+    if not fill(4 + n):
+        return None
+    body = bytes(buf[4:4 + n])
+    del buf[:4 + n]
+    return json.loads(body)
 
 
 class _Worker:
@@ -146,6 +153,7 @@ class _Worker:
         self.errfile: Any = None
         self.cgroups: Cgroups | None = None
         self.uid: int | None = None
+        self.rbuf = bytearray()  # replies read ahead
 
     def _config(self, use_bwrap: bool) -> tuple[list[str], dict[str, Any]]:
         p = self.pool
@@ -153,6 +161,8 @@ class _Worker:
         cfg: dict[str, Any] = {"features": sorted(feats | ({"cgroup"} if p.cg_bases else set())),
                                "protected_pids": [os.getpid()], "host_ns": p.host_ns,
                                "bwrap": use_bwrap,
+                               "evaluator_memory_mb": p.limits.memory_mb,
+                               "cpu": p.cpus[self.slot % len(p.cpus)] if p.cpus else None,
                                "bwrap_reason": p.bwrap_reason, "cgroup_reason": p.cg_reason}
         if os.geteuid() == 0 and p.cap >= Isolation.SECCOMP:
             # one uid per worker (never a real account), so RLIMIT_NPROC binds per worker
@@ -216,15 +226,12 @@ class _Worker:
         self.errfile.seek(max(0, size - 2000))
         return self.errfile.read().decode("utf-8", "replace").strip()
 
+    def encode(self, program: str, suite: Suite, limits: Limits) -> bytes:
+        return b"".join(frame(part) for part in self.pool.compiler.encode(program, suite,
+                                                                           limits))
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
-
-    def encode(self, program: str, tests: Sequence[str], limits: Limits) -> bytes:
-        header = {"limits": {**limits.to_dict(), "cpu_limit_s": limits.cpu_limit_s},
-                  "n_tests": len(tests)}
-        compiled = [self.pool.compiled_test(t, i) for i, t in enumerate(tests)]
-        return frame(json.dumps(header).encode()) + frame(encode_payload(program, tests,
-                                                                           compiled))
 
     def send(self, job: bytes) -> bool:
         """Queue a job on the worker (starting it if needed); False if the worker is dead."""
@@ -238,11 +245,11 @@ class _Worker:
         except OSError:
             return False
 
-    def receive(self, limits: Limits, t0: float) -> tuple[ExecResult, bool]:
+    def receive(self, suite: Suite, limits: Limits, t0: float) -> tuple[ExecResult, bool]:
         """The reply to the oldest job sent; (result, worker still alive)."""
         try:
             reply = _read_msg(self.proc.stdout.fileno(),
-                              time.monotonic() + limits.timeout_s + _REPLY_MARGIN_S)
+                              time.monotonic() + limits.timeout_s + _REPLY_MARGIN_S, self.rbuf)
             why = "the worker died during the run (the program may have killed it)"
         except (OSError, TimeoutError, ValueError, AttributeError) as e:
             reply, why = None, f"{type(e).__name__}: {e}"
@@ -255,11 +262,17 @@ class _Worker:
                               detail=why + (f"; worker stderr: {tail[-500:]}" if tail else "")
                               ), False
         status = Status(reply.pop("status"))
+        plan = reply.pop("plan", None)
+        diverged = reply.pop("plan_diverged", False)
+        if plan is not None or diverged:
+            self.pool.compiler.learn(suite, binascii.a2b_base64(plan) if plan else None,
+                                     diverged)
         return ExecResult(status=status, passed=status is Status.PASSED,
                           isolation=self.level.name.lower(), failed_checks=self.failed,
                           **reply), True
 
     def kill(self) -> None:
+        self.rbuf.clear()
         if self.proc is not None:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
@@ -343,24 +356,33 @@ def _release(workers: list[_Worker], cg_bases: dict[str, str]) -> None:
 class Pool:
     """Run programs against tests in parallel, each in a fresh confined process.
 
-    `workers`: fork servers (default: CPUs available). `limits`: default per-run limits.
-    `isolation`: the highest level to use (default: the best available; lower it to
-    compare). `require_isolation`: refuse to start below this level (IsolationError).
+    `workers`: fork servers (default: the cores this process may use, from
+    os.sched_getaffinity). `limits`: default per-run limits. `isolation`: the highest level
+    to use (default: the best available; lower it to compare). `require_isolation`: refuse
+    to start below this level (IsolationError). `pin_cpus`: keep each worker and its
+    processes on one of those cores (round robin), which makes the evaluator's calls into
+    the program cheaper; turn it off when other pools or jobs share the cores unevenly.
     """
 
     def __init__(self, workers: int | None = None, *, limits: Limits | None = None,
                  isolation: Isolation | str | None = None,
-                 require_isolation: Isolation | str | None = None) -> None:
+                 require_isolation: Isolation | str | None = None,
+                 pin_cpus: bool = True) -> None:
         self._done = False
         self._closed = False
         self._workers: list[_Worker] = []
         self._threads: list[threading.Thread] = []
         self.cg_bases: dict[str, str] = {}
+        allowed = sorted(os.sched_getaffinity(0))  # the cores this process may use
         if workers is None:
-            workers = len(os.sched_getaffinity(0))
+            workers = len(allowed)
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.n = workers
+        # Each worker's processes (worker, zygote, evaluator, programs) share one core, so
+        # a call from the evaluator into the program wakes a process on the same core: no
+        # cross-core wake-up (an inter-processor interrupt, dear on virtual machines).
+        self.cpus = allowed if pin_cpus else []
         self.limits = limits or Limits()
         self.cap = Isolation.parse(isolation) if isolation is not None else Isolation.NAMESPACES
         required = require_isolation if require_isolation is not None else _min_level
@@ -384,8 +406,7 @@ class Pool:
         except (OSError, ValueError) as e:
             self.cg_reason = f"no writable cgroup hierarchy: {e}"
         self._queue: queue.Queue[Any] = queue.Queue()
-        self._compiled: dict[tuple[str, int], bytes | None] = {}
-        self._compiled_lock = threading.Lock()
+        self.compiler = Compiler()
         self._workers = [_Worker(self, i) for i in range(self.n)]
         # a pool that is never closed still leaves no processes, directories or cgroups
         self._finalizer = weakref.finalize(self, _release, list(self._workers), self.cg_bases)
@@ -420,19 +441,6 @@ class Pool:
         if self.level == Isolation.RLIMITS:
             _warn_lowest(self.checks)
 
-    def compiled_test(self, test: str, index: int) -> bytes | None:
-        """Tests repeat (one problem, many samples): each is compiled once, here, and
-        children load the marshalled code instead of compiling it."""
-        key = (test, index)
-        code = self._compiled.get(key, False)
-        if code is False:
-            code = compile_test(test, index)
-            with self._compiled_lock:
-                if len(self._compiled) >= _COMPILED_CACHE:
-                    self._compiled.clear()
-                self._compiled[key] = code
-        return code
-
     @property
     def report(self) -> IsolationReport:
         return IsolationReport(self.level, dict(self.checks))
@@ -452,7 +460,8 @@ class Pool:
         # the moment it has answered the last, without waiting for this thread to wake up.
         # A job is queued behind another only when it is small: the pipe then holds it
         # without blocking, and a large reply can never deadlock against it.
-        pending: deque[list[Any]] = deque()  # [future, limits, job bytes, sent, t0, tries]
+        # [future, limits, job bytes, sent, t0, tries, suite]
+        pending: deque[list[Any]] = deque()
         stopping = False
         while True:
             while not stopping and len(pending) < 2:
@@ -466,7 +475,7 @@ class Pool:
                 fut, program, tests, limits = item
                 if fut.set_running_or_notify_cancel():
                     pending.append([fut, limits, worker.encode(program, tests, limits),
-                                    False, 0.0, 0])
+                                    False, 0.0, 0, tests])
             if not pending:
                 if stopping:
                     return
@@ -497,9 +506,9 @@ class Pool:
                         isolation=worker.level.name.lower(), failed_checks=worker.failed,
                         detail="could not hand the job to a sandbox worker (3 tries)"))
                 continue
-            fut, limits, _, _, t0, _ = pending.popleft()
+            fut, limits, _, _, t0, _, suite = pending.popleft()
             try:
-                result, alive = worker.receive(limits, t0)
+                result, alive = worker.receive(suite, limits, t0)
             except BaseException as e:  # delivered to the caller
                 fut.set_exception(e)
                 continue
@@ -508,17 +517,17 @@ class Pool:
                 for entry in pending:
                     entry[3] = False
 
-    def submit(self, program: str, tests: Sequence[str],
+    def submit(self, program: str, tests: Suite | Sequence[str],
                limits: Limits | None = None) -> Future[ExecResult]:
+        """Run `program` against `tests`: a `Suite`, or test strings (a Suite with the
+        entry points found automatically)."""
         if self._closed:
             raise RuntimeError("this sandbox Pool is closed")
-        if isinstance(tests, str):
-            raise TypeError("tests must be a sequence of test strings, not one string")
         fut: Future[ExecResult] = Future()
-        self._queue.put((fut, program, list(tests), limits or self.limits))
+        self._queue.put((fut, program, Suite.of(tests), limits or self.limits))
         return fut
 
-    def map(self, programs: Iterable[str], tests: Iterable[Sequence[str]],
+    def map(self, programs: Iterable[str], tests: Iterable[Suite | Sequence[str]],
             limits: Limits | None = None) -> list[ExecResult]:
         """Results in input order; `programs` and `tests` are zipped (equal lengths)."""
         programs, tests = list(programs), list(tests)
@@ -587,7 +596,8 @@ def require_isolation(level: Isolation | str) -> IsolationReport:
     return rep
 
 
-def run(program: str, tests: Sequence[str], limits: Limits | None = None) -> ExecResult:
+def run(program: str, tests: Suite | Sequence[str], limits: Limits | None = None
+        ) -> ExecResult:
     """Run one program against its tests in a shared one-worker pool (started on first
     use, stopped at exit). For many programs, use `Pool` directly."""
     global _default_pool

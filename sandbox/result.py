@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -109,6 +110,8 @@ class Limits:
     """size of the private /tmp holding scratch (namespaces level; the pool's value, at start)"""
     open_files: int = 64
     """RLIMIT_NOFILE"""
+    max_message_mb: int = 64
+    """largest message between a program and the evaluator: one call's arguments or result"""
     max_output_bytes: int = 1 << 20
     """stdout + stderr beyond this kills the run (status output_limit)"""
     capture_bytes: int = 4096
@@ -131,6 +134,51 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Suite:
+    """A program's tests, and what they take from the program.
+
+    The tests run in the trusted evaluator, in a namespace of their own; each name in
+    `entry_points` is bound to the program's object of that name, through which every call
+    crosses the process boundary as plain data. `setup` runs in the evaluator before the
+    tests (trusted code the tests rely on, e.g. HumanEval's prompt with its helpers);
+    `program_setup` runs in the program's process after the program (code that must build
+    inputs from the program's own classes, e.g. MBPP's test_setup_code; the names it binds
+    that the tests use are entry points like any other). `in_process=True` is the declared
+    fallback: setup, program, program setup and tests share one process and namespace, as
+    in a classic harness, for tests that need the program's objects themselves; such runs
+    are counted (`ExecResult.in_process`) because the program can then game its verdict.
+    """
+
+    tests: tuple[str, ...]
+    entry_points: tuple[str, ...] | None = None
+    """names the tests take from the program; None: every name the tests (and `setup`) read
+    but do not bind and that is not a builtin"""
+    setup: str = ""
+    program_setup: str = ""
+    in_process: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tests, str):
+            raise TypeError("tests must be a sequence of test strings, not one string")
+        object.__setattr__(self, "tests", tuple(self.tests))
+        if self.entry_points is not None:
+            if isinstance(self.entry_points, str):
+                raise TypeError("entry_points must be a sequence of names, not one string")
+            bad = [n for n in self.entry_points if not str(n).isidentifier()]
+            if bad:
+                raise ValueError(f"entry_points must be Python identifiers; got {bad}")
+            object.__setattr__(self, "entry_points", tuple(self.entry_points))
+
+    @classmethod
+    def of(cls, tests: Suite | Sequence[str]) -> Suite:
+        if isinstance(tests, Suite):
+            return tests
+        if isinstance(tests, str):
+            raise TypeError("tests must be a sequence of test strings, not one string")
+        return cls(tuple(tests))
+
+
+@dataclass(frozen=True)
 class ExecResult:
     """The verdict on one program. `passed` is True only for `Status.PASSED`."""
 
@@ -146,6 +194,8 @@ class ExecResult:
     output_truncated: bool = False
     exit_code: int | None = None  # exit status, or -signal number
     tests_run: int = 0  # tests that completed without raising
+    in_process: bool = False  # the declared fallback ran: tests in the program's process
+    calls: int = 0  # calls the tests made into the program (proxied runs)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -87,7 +87,10 @@ def main() -> int:
     check_correctness, how = load_check_correctness()
     jobs = build(args.n, args.fail_frac)
     programs = [p["prompt"] + c for p, c, _ in jobs]
-    tests = [[p["test"], f"check({p['entry_point']})"] for p, _, _ in jobs]
+    # as the humaneval task runs them: the prompt is the tests' trusted setup (its helpers
+    # run in the evaluator), the entry point is the one name taken from the program
+    tests = [sandbox.Suite((p["test"], f"check({p['entry_point']})"), setup=p["prompt"],
+                           entry_points=(p["entry_point"],)) for p, _, _ in jobs]
     expected = [e for _, _, e in jobs]
 
     # The two run in alternating rounds, so that load from other processes on a shared
