@@ -63,6 +63,7 @@ in-process test harness. Timing and CPU side channels and kernel exploits are ou
 See docs/sandbox.md for the hostile-program corpus and which cases each level contains.
 """
 
+from sandbox._names import entry_points_of
 from sandbox.pool import IsolationReport, Pool, detect, require_isolation, run
 from sandbox.result import (
     Check,
@@ -85,6 +86,7 @@ __all__ = [
     "Status",
     "Suite",
     "detect",
+    "entry_points_of",
     "require_isolation",
     "run",
 ]

@@ -15,9 +15,12 @@ from sandbox.result import Isolation, IsolationError, Limits
 def _cmd_isolation(args: argparse.Namespace) -> int:
     rep = detect(args.isolation)
     print(rep.format())
-    if args.require_isolation and rep.level < Isolation.parse(args.require_isolation):
-        print(f"below the required level {args.require_isolation}", file=sys.stderr)
-        return 1
+    if args.require_isolation:
+        try:
+            rep.require(args.require_isolation, "--require-isolation")
+        except IsolationError as e:
+            print(e, file=sys.stderr)
+            return 1
     return 0
 
 

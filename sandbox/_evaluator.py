@@ -123,9 +123,12 @@ class Link:
 
     def expect(self, plan: list[bytes]) -> None:
         if plan:
+            try:
+                _wire.send(self.req_fd, _wire.frame(b"S" + b"".join(_wire.frame(c)
+                                                                   for c in plan)))
+            except OSError:  # the program's process ended already: READY says how
+                return
             self.plan, self.expecting = plan, True
-            self._send(_wire.frame(b"S" + b"".join(_wire.frame(c) for c in plan)),
-                       "before the tests")
 
     # ---------------------------------------------------------------- violations
     def violate(self, kind: str, detail: str) -> None:

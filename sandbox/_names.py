@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import dis
+import warnings
 from collections.abc import Iterable
 from types import CodeType
 
@@ -43,3 +44,20 @@ def free_names(codes: Iterable[CodeType], setup: Iterable[CodeType] = ()) -> lis
     loaded, bound = read_and_bound(codes)
     _, setup_bound = read_and_bound(setup)
     return sorted(loaded - bound - setup_bound - BUILTIN_NAMES - {"__builtins__"})
+
+
+def entry_points_of(tests: Iterable[str], setup: str = "",
+                    defined: Iterable[str] = ()) -> list[str]:
+    """The names a suite's tests take from the program: what the tests (test sources,
+    compiled here) read without binding, builtins excepted unless the task's own solution
+    defines them (`defined`: e.g. MBPP task 126, whose function is called `sum`). A program
+    that shadows a builtin the tests use (abs, sorted, set...) thus never replaces it."""
+    with warnings.catch_warnings():  # e.g. invalid escapes in old test strings
+        warnings.simplefilter("ignore")
+        codes = [compile(t, f"<test {i}>", "exec") for i, t in enumerate(tests)]
+        setup_codes = [compile(setup, "<setup>", "exec")] if setup else []
+    loaded, bound = read_and_bound(codes)
+    _, setup_bound = read_and_bound(setup_codes)
+    keep = set(defined)
+    return sorted(n for n in loaded - bound - setup_bound - {"__builtins__"}
+                  if n not in BUILTIN_NAMES or n in keep)

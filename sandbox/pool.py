@@ -76,6 +76,26 @@ def _next_uid() -> int:
         return 1_000_000_000 + (os.getpid() % 1_000_000) * 1024 + _uid_counter % 1024
 
 
+# What each start-up check needs (shown when a required level is out of reach).
+HOW_TO_GET = {
+    "rlimits": "setrlimit must work (it always does on Linux, unless the hard limits are "
+               "already below the requested ones: raise them with `ulimit -H`)",
+    "session": "setsid() must work (a normal process can always call it)",
+    "scratch": "a writable temporary directory (check TMPDIR and free space)",
+    "subreaper": "Linux >= 3.4 (prctl PR_SET_CHILD_SUBREAPER)",
+    "unprivileged": "as root: CAP_SETUID and CAP_SETGID, to give programs an unused uid "
+                    "(or run as a normal user)",
+    "seccomp": "an x86_64 or aarch64 kernel with seccomp filters (CONFIG_SECCOMP_FILTER); "
+               "inside a container, its seccomp profile must allow prctl(PR_SET_SECCOMP)",
+    "landlock": "Linux >= 5.13 with Landlock among the active security modules (see "
+                "/sys/kernel/security/lsm; add it with the lsm= boot parameter); a container "
+                "runtime's seccomp profile must allow the landlock_* system calls",
+    "namespaces": "bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf "
+                  "install bubblewrap); inside a container it also needs user namespaces "
+                  "(or CAP_SYS_ADMIN)",
+}
+
+
 @dataclass(frozen=True)
 class IsolationReport:
     level: Isolation
@@ -83,6 +103,34 @@ class IsolationReport:
 
     def failed(self) -> list[Check]:
         return [c for c in self.checks.values() if not c.ok]
+
+    def missing(self, level: Isolation | str) -> list[str]:
+        """For each feature that `level` needs and that failed here: what happened and how
+        to get it."""
+        lvl = Isolation.parse(level)
+        out = []
+        for need in Isolation:
+            if need > lvl:
+                break
+            for name in LEVEL_FEATURES[need]:
+                c = self.checks.get(name, Check(name, False, "not checked"))
+                if not c.ok:
+                    out.append(f"{name} ({need.name.lower()} level): {c.detail}; "
+                               f"to get it: {HOW_TO_GET[name]}")
+        return out
+
+    def require(self, level: Isolation | str, what: str = "") -> None:
+        """Raise IsolationError, naming every missing feature and how to get it, when the
+        level here is below `level`. `what` says who requires it (for the message)."""
+        lvl = Isolation.parse(level)
+        if self.level >= lvl:
+            return
+        lines = "\n  ".join(self.missing(lvl))
+        raise IsolationError(
+            f"{what or 'the caller'} requires sandbox isolation {lvl.name.lower()}, but here it "
+            f"is {self.level.name.lower()}. Missing:\n  {lines}\n"
+            "Run `python -m sandbox isolation` to see every check.")
+
 
     def format(self) -> str:
         lines = [f"isolation level: {self.level.name.lower()} ({int(self.level)} of "
@@ -309,6 +357,33 @@ class _StartError(RuntimeError):
     pass
 
 
+_PRIVATE_DIRS = ("/tmp", "/dev", "/proc")  # what bubblewrap mounts afresh over the host's
+
+
+def interpreter_paths() -> list[str]:
+    """Everything the worker's interpreter needs that bubblewrap's fresh /tmp (or /dev,
+    /proc) would hide: the interpreter and its prefixes (a virtual environment created
+    under /tmp, as in a scratch checkout or a CI clone), its import paths, and this package.
+    Each is bound read-only at the same place inside; nested paths are dropped."""
+    import site
+    import sysconfig
+
+    exe = sys.executable
+    found = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+             os.path.dirname(exe), os.path.dirname(os.path.realpath(exe)), _PKG_DIR,
+             *site.getsitepackages(), *sysconfig.get_paths().values(),
+             *(p for p in sys.path if p and os.path.isabs(p))}
+    found |= {os.path.realpath(p) for p in found}
+    hidden = sorted(os.path.normpath(p) for p in found
+                    if any(os.path.normpath(p).startswith(d + "/") for d in _PRIVATE_DIRS)
+                    and os.path.exists(p))
+    out: list[str] = []
+    for p in hidden:
+        if not any(p == q or p.startswith(q + "/") for q in out):
+            out.append(p)
+    return out
+
+
 def _bwrap_argv(scratch_mb: int, rw_dirs: list[str]) -> list[str]:
     """bubblewrap around a worker. As root, no user namespace is needed, and the worker
     keeps the few capabilities it needs to drop each program to its own uid."""
@@ -318,6 +393,8 @@ def _bwrap_argv(scratch_mb: int, rw_dirs: list[str]) -> list[str]:
         argv += ["--unshare-user"]
     argv += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
              "--size", str(scratch_mb << 20), "--tmpfs", "/tmp"]
+    for d in interpreter_paths():
+        argv += ["--ro-bind", d, d]
     for d in rw_dirs:
         argv += ["--bind", d, d]
     if os.geteuid() == 0:
@@ -428,13 +505,8 @@ class Pool:
                 raise self._start_errors[0]
             self.level = min(w.level for w in self._workers)
             self.checks = self._workers[0].checks
-            if self.required is not None and self.level < self.required:
-                failed = "; ".join(w for w in self._workers[0].failed) or "-"
-                raise IsolationError(
-                    f"sandbox isolation is {self.level.name.lower()}, below the required "
-                    f"{self.required.name.lower()}. Failed checks: {failed}. Run "
-                    "`python -m sandbox isolation` for details; install bubblewrap or run on "
-                    "a kernel with Landlock/seccomp to raise it.")
+            if self.required is not None:
+                self.report.require(self.required, "this Pool (require_isolation)")
         except BaseException:
             self.close()
             raise
@@ -588,10 +660,7 @@ def require_isolation(level: Isolation | str) -> IsolationReport:
     global _min_level
     lvl = Isolation.parse(level)
     rep = detect()
-    if rep.level < lvl:
-        failed = "; ".join(f"{c.name}: {c.detail}" for c in rep.failed())
-        raise IsolationError(f"sandbox isolation here is {rep.level.name.lower()}, below the "
-                             f"required {lvl.name.lower()}. Failed checks: {failed}")
+    rep.require(lvl, "require_isolation()")
     _min_level = lvl
     return rep
 

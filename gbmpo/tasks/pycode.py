@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gbmpo.tasks._code import CodeTask
+from gbmpo.tasks._code import DEFAULT_MIN_ISOLATION, CodeTask
 from gbmpo.tasks.base import TASKS, Example
 from gbmpo.verifiers import code as code_verifier
 
@@ -150,10 +150,13 @@ class PyCode(CodeTask):
 
     def __init__(self, n_train: int | None = None, n_validation: int = 200,
                  n_test: int = 200, data_seed: int = 1234, timeout_s: float = 5.0,
-                 families: Sequence[str] | None = None) -> None:
+                 families: Sequence[str] | None = None,
+                 min_isolation: str = DEFAULT_MIN_ISOLATION) -> None:
         """n_*: examples per split (None: every problem of that split; the problem space holds
         about 2,700). data_seed: order of examples and the test inputs. timeout_s: sandbox
-        wall-clock limit per program. families: restrict to these template families."""
+        wall-clock limit per program. families: restrict to these template families.
+        min_isolation: the lowest sandbox level code rewards may run under (rlimits, seccomp,
+        landlock, namespaces); below it scoring raises, naming what is missing."""
         names = list(families) if families is not None else [f.name for f in FAMILIES]
         unknown = [n for n in names if n not in _BY_NAME]
         if unknown:
@@ -162,6 +165,7 @@ class PyCode(CodeTask):
         self.sizes = {"train": n_train, "validation": n_validation, "test": n_test}
         self.data_seed, self.timeout_s = data_seed, timeout_s
         self._cache: dict[str, list[Example]] = {}
+        self._init_sandbox(min_isolation)
 
     @staticmethod
     def _bucket(key: tuple) -> int:

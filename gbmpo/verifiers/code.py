@@ -10,7 +10,9 @@ Extraction is two small named steps (the first that finds something decides):
   fence, `if __name__ == "__main__":`).
 
 Nothing here executes code: programs go to `sandbox.Pool` (one per process, created on first
-use and released by `release_pool()`, which every code task's `close()` calls).
+use and released by `release_pool()`, which every code task's `close()` calls), where the
+tests run in a trusted evaluator and every call into the program crosses a process boundary
+as plain data (docs/sandbox.md). Version 2: verdicts from that evaluator.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from collections.abc import Sequence
 import sandbox
 from gbmpo.tasks.base import Score
 
-VERSION = "1"  # bump when extraction or scoring changes; code tasks fold it into their version
+VERSION = "2"  # bump when extraction or scoring changes; code tasks fold it into their version
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)(?:\n[ \t]*```|\Z)", re.S)
 _STOPS = ("[DONE]", "\n```", '\nif __name__ == "__main__":', "\nif __name__ == '__main__':")
@@ -75,13 +77,19 @@ _pool: sandbox.Pool | None = None
 _pool_lock = threading.Lock()
 
 
-def get_pool() -> sandbox.Pool:
-    """The process's sandbox pool (one worker per CPU), started on first use."""
+def get_pool(min_isolation: sandbox.Isolation | str | None = None,
+             who: str = "code rewards") -> sandbox.Pool:
+    """The process's sandbox pool (one worker per core this process may use), started on
+    first use. With `min_isolation`, raises sandbox.IsolationError, naming what is missing
+    and how to get it, when the pool runs below that level."""
     global _pool
     with _pool_lock:
         if _pool is None:
             _pool = sandbox.Pool()
-        return _pool
+        pool = _pool
+    if min_isolation is not None:
+        pool.report.require(min_isolation, who)
+    return pool
 
 
 def release_pool() -> None:
@@ -93,40 +101,41 @@ def release_pool() -> None:
         pool.close()
 
 
-def isolation_level() -> str:
-    """Name of the sandbox isolation level in force (starts the pool if needed)."""
-    return get_pool().level.name.lower()
+def isolation_level(min_isolation: sandbox.Isolation | str | None = None,
+                    who: str = "code rewards") -> str:
+    """Name of the sandbox isolation level in force (starts the pool if needed; raises
+    sandbox.IsolationError below `min_isolation`)."""
+    return get_pool(min_isolation, who).level.name.lower()
 
 
-def run_programs(programs: Sequence[str], tests: Sequence[Sequence[str]],
-                 timeout_s: float = 10.0) -> list[sandbox.ExecResult]:
-    """Run programs[i] against tests[i] in the sandbox, in parallel; results in order."""
+def run_programs(programs: Sequence[str], suites: Sequence[sandbox.Suite | Sequence[str]],
+                 timeout_s: float = 10.0, min_isolation: sandbox.Isolation | str | None = None,
+                 who: str = "code rewards") -> list[sandbox.ExecResult]:
+    """Run programs[i] against suites[i] in the sandbox, in parallel; results in order."""
     limits = sandbox.Limits(timeout_s=timeout_s)
-    return get_pool().map(list(programs), [list(t) for t in tests], limits)
+    return get_pool(min_isolation, who).map(list(programs), list(suites), limits)
 
 
-def score_completions(completions: Sequence[str], tests: Sequence[Sequence[str]],
-                      timeout_s: float = 10.0) -> list[Score]:
-    """Extract the code of each completion and score it against its tests in the sandbox."""
-    extracted = [extract_code(c) for c in completions]
-    return score_programs([code for code, _ in extracted], tests,
-                          methods=[step for _, step in extracted], timeout_s=timeout_s)
-
-
-def score_programs(programs: Sequence[str], tests: Sequence[Sequence[str]],
-                   extracted: Sequence[str | None] | None = None,
-                   methods: Sequence[str] | None = None,
-                   timeout_s: float = 10.0) -> list[Score]:
+def scores_of(results: Sequence[sandbox.ExecResult], extracted: Sequence[str],
+              methods: Sequence[str] | None = None) -> list[Score]:
     """Reward 1.0 when every test passed in the sandbox, else 0.0. `details` hold `pass`
     (the same 0/1) and `syntax_ok` (the program compiled)."""
-    results = run_programs(programs, tests, timeout_s)
     scores = []
     for i, r in enumerate(results):
         ok = float(r.passed)
         scores.append(Score(
-            reward=ok, correct=r.passed,
-            extracted=extracted[i] if extracted is not None else programs[i],
+            reward=ok, correct=r.passed, extracted=extracted[i],
             method=f"sandbox/{methods[i]}" if methods is not None else "sandbox",
             details={"pass": ok, "syntax_ok": float(r.status is not sandbox.Status.SYNTAX_ERROR)},
         ))
     return scores
+
+
+def score_completions(completions: Sequence[str], tests: Sequence[sandbox.Suite | Sequence[str]],
+                      timeout_s: float = 10.0,
+                      min_isolation: sandbox.Isolation | str | None = None) -> list[Score]:
+    """Extract the code of each completion and score it against its tests in the sandbox."""
+    extracted = [extract_code(c) for c in completions]
+    codes = [code for code, _ in extracted]
+    results = run_programs(codes, tests, timeout_s, min_isolation)
+    return scores_of(results, codes, [step for _, step in extracted])
