@@ -9,7 +9,7 @@ import time
 from typing import Any, TextIO
 
 from sandbox.pool import Pool, detect
-from sandbox.result import Isolation, IsolationError, Limits
+from sandbox.result import Isolation, IsolationError, Limits, Suite
 
 
 def _cmd_isolation(args: argparse.Namespace) -> int:
@@ -50,6 +50,9 @@ class _Progress:
             self.stream.write("\n")
 
 
+_OPTIONAL = {"entry_points": list, "setup": str, "program_setup": str, "in_process": bool}
+
+
 def _read_jobs(path: str) -> list[dict[str, Any]]:
     jobs = []
     with (sys.stdin if path == "-" else open(path)) as f:
@@ -64,6 +67,18 @@ def _read_jobs(path: str) -> list[dict[str, Any]]:
             if missing or not isinstance(obj.get("tests"), list):
                 raise SystemExit(f"{path}:{n}: each line needs \"program\" (str) and \"tests\" "
                                  f"(list of str); missing or wrong: {sorted(missing) or 'tests'}")
+            bad = [k for k, t in _OPTIONAL.items() if k in obj and not isinstance(obj[k], t)]
+            if bad:
+                raise SystemExit(f"{path}:{n}: wrong type for {bad}; optional fields: "
+                                 "entry_points (list of str), setup (str), program_setup "
+                                 "(str), in_process (bool)")
+            try:
+                obj["suite"] = Suite(tuple(obj["tests"]), entry_points=obj.get("entry_points"),
+                                     setup=obj.get("setup", ""),
+                                     program_setup=obj.get("program_setup", ""),
+                                     in_process=obj.get("in_process", False))
+            except (TypeError, ValueError) as e:
+                raise SystemExit(f"{path}:{n}: {e}") from None
             obj.setdefault("id", n)
             jobs.append(obj)
     return jobs
@@ -75,13 +90,16 @@ def _cmd_check(args: argparse.Namespace) -> int:
     out = sys.stdout if args.out in (None, "-") else open(args.out, "w")
     progress = _Progress(len(jobs))
     n_pass = 0
+    in_process = []
     try:
         with Pool(args.workers, limits=limits, isolation=args.isolation,
                   require_isolation=args.require_isolation) as pool:
-            futures = [pool.submit(j["program"], j["tests"]) for j in jobs]
+            futures = [pool.submit(j["program"], j["suite"]) for j in jobs]
             for job, fut in zip(jobs, futures, strict=True):
                 res = fut.result()
                 n_pass += res.passed
+                if res.in_process:
+                    in_process.append(job["id"])
                 out.write(json.dumps({"id": job["id"], **res.to_dict()}) + "\n")
                 progress.step(res.passed)
     except IsolationError as e:
@@ -92,6 +110,13 @@ def _cmd_check(args: argparse.Namespace) -> int:
         if out is not sys.stdout:
             out.close()
     print(f"{n_pass}/{len(jobs)} passed", file=sys.stderr)
+    if in_process:
+        shown = ", ".join(map(str, in_process[:20])) + (" ..." if len(in_process) > 20 else "")
+        print(f"{len(in_process)} ran in process (declared fallback: the program could game "
+              f"these verdicts): {shown}", file=sys.stderr)
+    else:
+        print("0 ran in process: every verdict came from the trusted evaluator",
+              file=sys.stderr)
     return 0
 
 
@@ -107,9 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=_cmd_isolation)
     p = sub.add_parser("check", help="run programs from a JSONL file against their tests")
     p.add_argument("input",
-                   help='JSONL, one {"id", "program", "tests": [...]} per line ("-": stdin)')
+                   help='JSONL, one {"id", "program", "tests": [...]} per line ("-": stdin); '
+                        'optional: "entry_points", "setup", "program_setup", "in_process"')
     p.add_argument("--out", default=None, help="output JSONL (default: stdout)")
-    p.add_argument("--workers", type=int, default=None, help="parallel workers (default: CPUs)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="parallel workers (default: the cores this process may use)")
     p.add_argument("--timeout", type=float, default=Limits.timeout_s,
                    help="wall-clock seconds per program")
     p.add_argument("--memory-mb", type=int, default=Limits.memory_mb, help="memory per process")

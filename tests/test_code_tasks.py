@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from itertools import combinations
 
 import pytest
 
+import sandbox
 from gbmpo.tasks import TASKS
 from gbmpo.tasks.pycode import FAMILIES
 from gbmpo.verifiers import code as cv
@@ -165,17 +167,34 @@ def test_mbpp_prompt_has_the_text_and_the_tests(mbpp):
 
 def test_mbpp_reference_solutions_pass_and_stubs_fail(mbpp):
     examples = [e for s in mbpp.splits for e in mbpp.split(s)]
+    runs = mbpp.runs
     good = mbpp.score(examples, [mbpp.reference_completion(e) for e in examples])
     failed = [e.meta["task_id"] for e, s in zip(examples, good, strict=True)
               if not s.correct]
     # Tasks 367 and 927 build their trees in test_setup_code with a Node class that only the
-    # reference code defines; we run setup after the program, so they pass too (harnesses
-    # that drop or prepend the setup code count them as broken: 972/974).
+    # reference code defines: the setup runs in the program's process after the program and
+    # the trees reach the tests as references (harnesses that drop or prepend the setup
+    # code count them as broken: 972/974). Every record's verdict comes from the evaluator
+    # except the declared in-process ones.
     assert failed == [], failed
+    assert mbpp.runs - runs == 974 and len(mbpp.IN_PROCESS) == 1
+    report = mbpp.sandbox_report()
+    assert report["in_process_records"] == ["mbpp-533"]
+    assert report["in_process_runs"] == 1
     stubs = [f"{mbpp.reference_completion(e)}\n\ndef {_entry_point(e.answer, e.tests)}(*a, **k):\n"
              "    return None\n" for e in examples]
     bad = mbpp.score(examples, stubs)
     assert sum(s.correct for s in bad) == 0
+
+
+def test_mbpp_in_process_records_need_it(mbpp):
+    """The declared fallback is needed: through the evaluator, the reference fails."""
+    ex = [e for s in mbpp.splits for e in mbpp.split(s) if e.id in mbpp.IN_PROCESS]
+    assert [e.id for e in ex] == sorted(mbpp.IN_PROCESS)
+    proxied = [dataclasses.replace(mbpp.suite(e), in_process=False) for e in ex]
+    results = cv.run_programs([e.answer for e in ex], proxied, timeout_s=30.0)
+    assert all(r.status is sandbox.Status.ERROR and "only plain data" in r.detail
+               for r in results), results
 
 
 def test_mbpp_setup_code_needs_the_programs_classes(mbpp):
@@ -203,6 +222,7 @@ def test_humaneval_canonical_solutions_pass_and_wrong_ones_fail(humaneval):
     assert len(ex) == 164
     good = humaneval.score(ex, [humaneval.reference_completion(e) for e in ex])
     assert sum(s.correct for s in good) == 164
+    assert humaneval.sandbox_report()["in_process_runs"] == 0  # every verdict: the evaluator
     bad = humaneval.score(ex, ["    return None\n"] * len(ex))
     assert sum(s.correct for s in bad) == 0
 
