@@ -178,7 +178,8 @@ def main() -> None:
                     default=[(8, 8, 64), (16, 16, 128)], help="PxGxT: prompts, samples, tokens")
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--threads", type=int, default=0,
-                    help="torch intra-op threads on both sides (0: torch's default)")
+                    help="torch intra-op threads on both sides (0: each side's default; ours "
+                    "sizes them to the idle cores, TRL takes torch's)")
     ap.add_argument("--trl-bf16", action="store_true",
                     help="TRL with its default bf16 autocast instead of float32")
     ap.add_argument("--set", dest="overrides", action="append", default=[],
@@ -205,7 +206,7 @@ def main() -> None:
     base = str(ensure_tiny(cfg.pretrain))
     print(f"base {base} ready in {time.time() - t0:.1f} s; TRL {trl.__version__}, torch "
           f"{torch.__version__}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, "
-          f"threads {args.threads or torch.get_num_threads()}, TRL "
+          f"threads {args.threads or 'each side default'}, TRL "
           f"{'bf16 autocast' if args.trl_bf16 else 'float32'}")
     report = {"trl": trl.__version__, "torch": torch.__version__, "machine": platform.machine(),
               "cpus": os.cpu_count(), "steps": args.steps, "threads": args.threads,
