@@ -5,8 +5,8 @@ score), with the same objective: Dr. GRPO loss (no std scaling, sum / (B x max_l
 beta 0.04 without TRL's importance-weighted KL (use_bias_correction_kl, not our kl_k3), PPO
 clip 0.2, AdamW lr 5e-5 constant, grad-norm clip 1.0, temperature 1.0, no top-p or top-k, one
 update per batch. For each shape P prompts x G samples x T new tokens, the two sides run one
-after the other, each in a fresh subprocess with the same torch thread count, for --steps
-steps. Printed: the median step time of each side (wall clock: ours from metrics.jsonl's
+after the other, each in a fresh subprocess (--threads N gives both N torch threads), for
+--steps steps. Printed: the median step time of each side (wall clock: ours from metrics.jsonl's
 step_time_s, TRL's from a TrainerCallback around each optimizer step, generation included on
 both sides), their ratio, the CPU seconds per step (this process's, all threads; the figure
 to compare when other jobs share the machine), and the mean reward and completion length so
