@@ -23,8 +23,8 @@ import builtins
 import marshal
 import os
 import select
+import signal
 import sys
-import time
 import traceback
 import types
 from collections.abc import Callable
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 _MUTABLE = (list, dict, set)
-_BATCH_FLUSH_S = 0.005  # replies to expected calls go out at least this often
+_BATCH_FLUSH_S = 0.002  # CPU seconds after which pending replies to expected calls go out
 
 
 def _describe(e: BaseException) -> str:
@@ -175,27 +175,44 @@ def serve(program: str, program_setup: str, names: list[str], req_fd: int, rep_f
 def _batch(msg: bytes, namespace: dict[str, Any], refs: _Refs, rep_fd: int,
            interrupted: Callable[[], bool], flush: Callable[[], None], first: bytes) -> None:
     """Calls the evaluator expects the tests to make (b"S" + frames): answered in order,
-    the replies written together (or every few milliseconds), then b"K" + how many ran.
-    Stops early when the evaluator sends something else: its tests went another way.
-    `first`: what goes out before the replies (READY, when it has not gone out yet)."""
-    frame, clock = _wire.frame, time.monotonic
-    out: list[bytes] = [first]
-    done, off, last = 0, 1, clock()
-    while off < len(msg):
-        n = _wire.U32.unpack_from(msg, off + 1)[0]
-        body = msg[off + 5:off + 5 + n]
-        off += 5 + n
-        if interrupted():
-            break
-        out.append(frame(_answer(body, namespace, refs)))
-        done += 1
-        if clock() - last > _BATCH_FLUSH_S:
-            flush()
-            _wire.send(rep_fd, b"".join(out))
-            out, last = [], clock()
-    flush()
-    out.append(frame(b"K" + _wire.U32.pack(done)))
-    _wire.send(rep_fd, b"".join(out))
+    the replies written together, then b"K" + how many ran. Stops early when the evaluator
+    sends something else: its tests went another way. `first`: what goes out before the
+    replies (READY, when it has not gone out yet).
+
+    Replies also go out whenever this process has spent `_BATCH_FLUSH_S` of CPU time since
+    the last ones (a profiling timer): a call that never returns must not hold back the
+    answers before it, which may already fail a test (the run then fails, not times out)."""
+    frame = _wire.frame
+    pending: list[bytes] = [first]
+    busy = [False]
+
+    def send_pending(*_: Any) -> None:
+        if not busy[0] and any(pending):
+            busy[0] = True
+            try:
+                flush()
+                _wire.send(rep_fd, b"".join(pending))
+                pending.clear()
+            finally:
+                busy[0] = False
+
+    previous = signal.signal(signal.SIGPROF, send_pending)
+    signal.setitimer(signal.ITIMER_PROF, _BATCH_FLUSH_S, _BATCH_FLUSH_S)
+    done, off = 0, 1
+    try:
+        while off < len(msg):
+            n = _wire.U32.unpack_from(msg, off + 1)[0]
+            body = msg[off + 5:off + 5 + n]
+            off += 5 + n
+            if interrupted():
+                break
+            pending.append(frame(_answer(body, namespace, refs)))
+            done += 1
+    finally:
+        signal.setitimer(signal.ITIMER_PROF, 0, 0)
+        signal.signal(signal.SIGPROF, previous)
+    pending.append(frame(b"K" + _wire.U32.pack(done)))
+    send_pending()
 
 
 _MISSING = object()

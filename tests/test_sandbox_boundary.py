@@ -198,6 +198,9 @@ def test_expected_calls_go_out_ahead_without_changing_verdicts(pool):
     # a program that fails on call 30 of a planned sequence fails there, as without a plan
     r = run(pool, "def f(x):\n    return x + (x != 30)\n", tests)
     assert r.status is Status.FAILED and r.calls == 31
+    # wrong on the first call, looping on a later one: still fails fast, not at the limit
+    r = run(pool, "def f(x):\n    while x == 5:\n        pass\n    return x + 2\n", tests)
+    assert r.status is Status.FAILED and r.calls == 1 and r.wall_s < 2
     # tests whose calls differ from the plan still get the right answers
     r = run(pool, "def f(x):\n    return x + 1\n", ["for i in range(50, 0, -1):\n"
                                                      "    assert f(i) == i + 1"])

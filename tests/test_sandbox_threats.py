@@ -170,3 +170,21 @@ def test_pycode_rewards_resist_hacks():
         assert all(s.reward == 1.0 for s in task.score(ex, [e.answer for e in ex]))
     finally:
         task.close()
+
+
+# The verdict stays out of the program's reach below the namespaces level too (docs/sandbox.md):
+# without Landlock the program can list /proc and find the evaluator, which is not dumpable.
+_LOWER = ["always_equal", "shadow_helper", "settrace_jump", "nonce_from_caller",
+          "read_evaluator"]
+
+
+@pytest.mark.parametrize("level", ["seccomp", "landlock"])
+def test_lower_levels_keep_the_verdict_out_of_reach(level):
+    if sandbox.detect().level < sandbox.Isolation.parse(level):
+        pytest.skip(f"this machine does not reach {level}")
+    cases = [c for c in CASES if c["id"] in _LOWER]
+    with Pool(1, limits=LIMITS, isolation=level) as pool:
+        hacks = pool.map([c["hack"] for c in cases], [suite(c) for c in cases])
+        honest = pool.map([c["honest"] for c in cases], [suite(c) for c in cases])
+    assert [c["id"] for c, r in zip(cases, hacks, strict=True) if r.passed] == []
+    assert all(r.passed for r in honest), honest
