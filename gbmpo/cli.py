@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
+
+# torch's OpenMP workers spin at barriers by default; beside other CPU-bound work that burns
+# the time slices the work needs (issue 17's collapse). Sleeping waiters cost little here.
+# Set before torch is imported, and inherited by every process the commands start.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import warnings
 
 import gbmpo.commands

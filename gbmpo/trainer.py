@@ -73,10 +73,12 @@ def build_plugin(registry, name: str, params: dict[str, Any], seed: int):
     return cls(**kw)
 
 
-def sequence_logprobs(model, prompt_ids, prompt_mask, comp_ids, comp_mask, temperature: float):
-    """log pi(y_t | prompt, y_<t) for each completion token, (B, T), plus the (B, T, V) logits."""
+def sequence_logprobs(model, prompt_ids, prompt_mask, comp_ids, comp_mask, temperature: float,
+                      group: int = 1):
+    """log pi(y_t | prompt, y_<t) for each completion token, (B, T), plus the (B, T, V) logits.
+    `group`: completions per prompt, in prompt-major order (each prompt is then run once)."""
     logits_BTV = completion_logits(model, prompt_ids, prompt_mask, comp_ids, comp_mask,
-                                   temperature)
+                                   temperature, group)
     logp_BT = torch.log_softmax(logits_BTV, dim=-1).gather(-1, comp_ids[..., None]).squeeze(-1)
     return logp_BT, logits_BTV
 
@@ -245,8 +247,12 @@ def _base_eval_cache(cfg: RunConfig, base: dict[str, Any]) -> Path | None:
     return cache_root() / "base_evals" / f"{digest}.json"
 
 
-def _slices(B: int, micro: int) -> list[slice]:
+def _slices(B: int, micro: int, group: int = 1) -> list[slice]:
+    """Micro-batches of `micro` sequences (0: one), rounded up to whole groups so that each
+    prompt's completions stay together (its prompt is then encoded once)."""
     step = micro or B
+    if step % group:
+        step += group - step % group
     return [slice(i, min(i + step, B)) for i in range(0, B, step)]
 
 
@@ -270,7 +276,7 @@ def _rl_step(cfg, step, examples, task, tok, policy, reference, initial, backend
     prompt_ids, prompt_mask = batch.prompt_ids.to(device), batch.prompt_mask.to(device)
     comp_ids, mask = batch.completion_ids.to(device), batch.completion_mask.to(device)
     B = comp_ids.shape[0]
-    parts = _slices(B, cfg.optim.micro_batch_size)
+    parts = _slices(B, cfg.optim.micro_batch_size, G)
     n_tokens = float(mask.sum())
 
     t1 = time.time()
@@ -278,7 +284,7 @@ def _rl_step(cfg, step, examples, task, tok, policy, reference, initial, backend
 
     def logprobs(model, s: slice):
         return sequence_logprobs(model, prompt_ids[s], prompt_mask[s], comp_ids[s], mask[s],
-                                 R.temperature)
+                                 R.temperature, group=G)
 
     def _ref_logits(s: slice) -> torch.Tensor:
         with torch.no_grad():

@@ -67,7 +67,7 @@ def test_drift_meter_equals_hand_computed_kl_and_entropy():
                          prompt_mask=torch.ones(2, 2, dtype=torch.bool),
                          completion_ids=torch.zeros(2, 3, dtype=torch.long),
                          completion_mask=comp_mask, truncated=torch.zeros(2, dtype=torch.bool),
-                         texts=["", ""], group_ids=torch.zeros(2, dtype=torch.long))
+                         texts=["", ""], group_ids=torch.arange(2))
     meter = DriftMeter(pi, pi0, temperature=1.0, device="cpu")
     meter(batch)
     r = meter.result()
@@ -149,3 +149,43 @@ def test_step_zero_evaluation_is_cached_per_base(tmp_path):
     b = train(_cfg(run={"steps": 0, "seed": 1}), tmp_path / "b", progress=False)
     assert a["metrics"]["base_pass@4"] == b["metrics"]["base_pass@4"]
     assert a["metrics"]["base_accuracy"] == b["metrics"]["base_accuracy"]
+
+
+# ---- the shared-prompt forward ------------------------------------------------------------
+def test_shared_prompt_forward_equals_the_full_forward_in_values_and_gradients():
+    """Each prompt once, its KV cache repeated over its group: the same log-probs and
+    gradients as running prompt + completion for every row (to float rounding)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from gbmpo.evaluation import completion_logits
+    from gbmpo.models import ensure_tiny
+    from gbmpo.rollout.hf import HFRollout
+
+    path = ensure_tiny(_cfg().pretrain, progress=False)
+    model, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    tok.padding_side = "left"
+    prompts = ["Q: Ann has 3 pens.\nA: ", "Q: a much longer prompt than that\nA: ", "Q: x\nA: "]
+    b = HFRollout(model, tok).generate(prompts, n=4, max_new_tokens=12, seed=3)
+    args = (b.prompt_ids, b.prompt_mask, b.completion_ids, b.completion_mask, 0.7)
+
+    def run(group):
+        model.zero_grad()
+        lg = completion_logits(model, *args, group=group)
+        lp = torch.log_softmax(lg, -1).gather(-1, b.completion_ids[..., None]).squeeze(-1)
+        (lp * b.completion_mask).sum().backward()
+        return lp.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    full, g_full = run(1)
+    shared, g_shared = run(4)
+    m = b.completion_mask
+    assert torch.allclose(full[m], shared[m], atol=1e-5)
+    assert float((g_full - g_shared).norm() / g_full.norm()) < 1e-4
+    # groups whose rows hold different prompts fall back to the full forward
+    from gbmpo.evaluation import _grouped
+
+    order = torch.tensor([0, 4, 1, 5, 2, 6, 3, 7, 8, 9, 10, 11])  # prompts 0 and 1 interleaved
+    ids, pmask = b.prompt_ids[order], b.prompt_mask[order]
+    assert _grouped(b.prompt_ids, b.prompt_mask, 4) and not _grouped(ids, pmask, 4)
+    got = completion_logits(model, ids, pmask, b.completion_ids[order], m[order], 0.7, group=4)
+    want = completion_logits(model, ids, pmask, b.completion_ids[order], m[order], 0.7)
+    assert torch.equal(got, want)
