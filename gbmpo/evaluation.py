@@ -165,7 +165,7 @@ def _shared_prefix_logits(model, prompt_ids, prompt_mask, comp_ids, comp_mask, t
     p_attn = prompt_mask[::group].long()  # (P, Lp), left-padded
     p_pos = (p_attn.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=prompt_ids[::group], attention_mask=p_attn, position_ids=p_pos,
-                use_cache=True)
+                use_cache=True, logits_to_keep=1)  # the LM head on the last position only
     cache = out.past_key_values
     cache.batch_repeat_interleave(group)
     first = out.logits[:, -1:].repeat_interleave(group, 0)  # (B, 1, V)
