@@ -6,18 +6,21 @@ clones dearer)."""
 from __future__ import annotations
 
 import json
+import marshal
 import threading
 from collections.abc import Sequence
 from typing import Any
 
+from sandbox import _wire
 from sandbox._job import compile_item, items, program_payload
 from sandbox._names import free_names
+from sandbox._plan import static_plan
 from sandbox.result import Limits, Suite
 
 
 def evaluator_payload(names: Sequence[str], max_bytes: int, setup: bytes, plan: bytes,
                       tests: Sequence[bytes]) -> bytes:
-    header = json.dumps({"names": list(names), "max_bytes": max_bytes}).encode()
+    header = marshal.dumps({"names": list(names), "max_bytes": max_bytes})  # trusted both ends
     return items([header, setup, plan, *tests])
 
 
@@ -58,9 +61,20 @@ class Compiler:
                 old = plan
             self._plans[suite] = (old, misses)
 
-    def plan(self, suite: Suite) -> bytes:
+    def plan(self, suite: Suite, names: Sequence[str]) -> bytes:
+        """The calls the evaluator sends ahead: those the tests made last time, else those
+        read from the tests (`_plan.static_plan`); none after repeated divergence."""
         got = self._plans.get(suite)
-        return got[0] if got is not None and got[1] < _PLAN_MISSES else b""
+        if got is None:
+            calls = static_plan(suite.tests, names)
+            got = (b"".join(_wire.frame(c) for c in calls), 0)
+            with self._lock:
+                if len(self._plans) >= self.CACHE:
+                    self._plans.clear()
+                    self._plan_bytes = 0
+                self._plans[suite] = got
+                self._plan_bytes += len(got[0])
+        return got[0] if got[1] < _PLAN_MISSES else b""
 
     def item(self, source: str, label: str) -> tuple[bytes, Any]:
         key = (source, label)
@@ -108,5 +122,5 @@ class Compiler:
         program_part = program_payload(program, suite.program_setup, names, setup_item, tests,
                                        suite.in_process)
         evaluator_part = b"" if suite.in_process else evaluator_payload(
-            names, limits.max_message_mb << 20, setup_item, self.plan(suite), tests)
+            names, limits.max_message_mb << 20, setup_item, self.plan(suite, names), tests)
         return json.dumps(header).encode(), program_part, evaluator_part

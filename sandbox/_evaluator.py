@@ -242,10 +242,16 @@ class Link:
             reply = self._receive(when)
         self.calls += 1
         tag = reply[:1]
-        if tag == b"V":
+        if tag == b"M" or tag == b"V":
             try:
-                value, off = _wire.loads(reply, self._in, 1)
-                back, off = _wire.loads(reply, self._in, off)
+                if tag == b"M":
+                    pair, off = _wire.loads_marshal(reply, 1)
+                    if type(pair) is not tuple or len(pair) != 2:
+                        raise _wire.WireError("not a (result, arguments) pair")
+                    value, back = pair
+                else:
+                    value, off = _wire.loads(reply, self._in, 1)
+                    back, off = _wire.loads(reply, self._in, off)
                 if off != len(reply) or type(back) is not dict:
                     raise _wire.WireError("trailing bytes")
             except _wire.WireError as e:
@@ -381,7 +387,7 @@ def run_job(body: bytes, req_fd: int, rep_fd: int, cache: dict[int, Any]
     for the pool to keep. `cache` holds loaded code by id."""
     nonce = body[:16]
     header, setup, plan_blob, *tests = _items(body, 16)
-    spec = json.loads(header)
+    spec = marshal.loads(header)  # from the pool, through the worker: trusted
     link = Link(req_fd, rep_fd, spec["max_bytes"])
     plan = _frames(plan_blob)
     verdict, retire = _run(link, nonce, spec["names"], setup, tests, cache, plan)

@@ -34,8 +34,14 @@ if TYPE_CHECKING:
 
 SIGNAL_FD = 3  # in-process mode: the pass signal to the worker
 REQUEST_FD, REPLY_FD = 4, 5  # proxy mode: calls from the evaluator, replies to it
+# where a program's process finds (signal, request, reply, job, stdout, stderr) when the
+# zygote received them in this order into its lowest free fds
+PLACED = (3, 4, 5, 6, 7, 8)
 SETUP_FAILED_EXIT = 121
 _MB = 1 << 20
+# limits that do not depend on the job: no core dumps, locked memory or message queues
+FIXED_LIMITS = ((resource.RLIMIT_CORE, 0), (resource.RLIMIT_MEMLOCK, 0),
+                (resource.RLIMIT_MSGQUEUE, 0))
 
 
 class Confinement:
@@ -58,6 +64,7 @@ class Confinement:
         # evaluator, which stays in the outer one.
         self.scope_fd: int | None = None
         self.scoped = False  # entered already (by the zygote, for all its children)
+        self.fixed_set = False  # FIXED_LIMITS set already (by the zygote, inherited)
         self.inherited = False  # the zygote applied drop, Landlock and seccomp already
         self.pdeathsig = True  # without a PID namespace, die when the worker dies
 
@@ -81,18 +88,17 @@ class Confinement:
 
     def set_rlimits(self, limits: tuple[int, ...], probe: dict[str, str] | None = None) -> None:
         cpu, memory_mb, max_processes, file_size_mb, open_files, _ = limits
-        # A dropped uid is shared with the zygote; a caller's own uid with all its processes.
-        nproc = max_processes + (1 if self.uid is not None else self.nproc_base)
+        # A dropped uid is shared with the zygote and the evaluator; a caller's own uid with
+        # all its processes.
+        nproc = max_processes + (2 if self.uid is not None else self.nproc_base)
+        fixed = () if self.fixed_set else FIXED_LIMITS
 
         def set_all() -> None:
             for res, val in ((resource.RLIMIT_AS, memory_mb * _MB),
                              (resource.RLIMIT_DATA, memory_mb * _MB),
                              (resource.RLIMIT_FSIZE, file_size_mb * _MB),
                              (resource.RLIMIT_NOFILE, open_files),
-                             (resource.RLIMIT_NPROC, nproc),
-                             (resource.RLIMIT_CORE, 0),
-                             (resource.RLIMIT_MEMLOCK, 0),
-                             (resource.RLIMIT_MSGQUEUE, 0)):
+                             (resource.RLIMIT_NPROC, nproc), *fixed):
                 resource.setrlimit(res, (val, val))
             resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))  # SIGXCPU, then SIGKILL
 
@@ -132,17 +138,22 @@ def child_main(*, job_fd: int, fds: tuple[int, ...], scratch: str, conf: Confine
     evaluator. With `probe`, it reports the start-up checks instead. Never returns."""
     res: dict[str, str] | None = {} if probe is not None else None
     try:
-        _linux.set_name(b"sandbox-prog")
         os.setsid()  # own session and process group: the worker kills the group as a whole
-        # first out of the way of the targets (a received fd may sit on 3-5), then in place
-        high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64) for fd in fds]
-        job_fd = fcntl.fcntl(job_fd, fcntl.F_DUPFD_CLOEXEC, 64)
-        for dst, src in enumerate(high):
-            os.dup2(src, dst, inheritable=dst < SIGNAL_FD)
-        # nothing else stays open: not the worker's ends of these pipes (a forked child
-        # holds them too), not another run's; only the job and the rulesets still needed
-        _close_except({job_fd} | {fd for fd in (conf.landlock_fd, conf.scope_fd)
-                                  if fd is not None}, REPLY_FD + 1)
+        null_fd, out_w, err_w, sig_w, req_r, rep_w = fds
+        if conf.inherited and (sig_w, req_r, rep_w, job_fd, out_w, err_w) == PLACED:
+            # the zygote received them in place (see `_zygote`): only stdio to arrange
+            for src, dst in ((null_fd, 0), (out_w, 1), (err_w, 2)):
+                os.dup2(src, dst)
+        else:
+            # first out of the way of the targets (a received fd may sit on 3-5), then in
+            # place; and nothing else stays open: not the worker's ends of these pipes (a
+            # forked child holds them too), only the job and the rulesets still needed
+            high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64) for fd in fds]
+            job_fd = fcntl.fcntl(job_fd, fcntl.F_DUPFD_CLOEXEC, 64)
+            for dst, src in enumerate(high):
+                os.dup2(src, dst, inheritable=dst < SIGNAL_FD)
+            _close_except({job_fd} | {fd for fd in (conf.landlock_fd, conf.scope_fd)
+                                      if fd is not None}, REPLY_FD + 1)
         os.chdir(scratch)
         if conf.pdeathsig:
             _linux.prctl(_linux.PR_SET_PDEATHSIG, 9)

@@ -12,7 +12,7 @@ again for every sample of the same problem.
 Program's process:  limits (`LIMITS`) + mode + [nonce, in-process only] + items
     proxy:       program, program setup, entry names ("\\n"-joined)
     in-process:  program, program setup, entry names, setup, tests...
-Evaluator:          nonce + items: header JSON {"names", "max_bytes"}, setup, tests...
+Evaluator:          nonce + items: header {"names", "max_bytes"} (marshal), setup, plan, tests
 """
 
 from __future__ import annotations

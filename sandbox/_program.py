@@ -179,40 +179,43 @@ def _batch(msg: bytes, namespace: dict[str, Any], refs: _Refs, rep_fd: int,
     sends something else: its tests went another way. `first`: what goes out before the
     replies (READY, when it has not gone out yet).
 
-    Replies also go out whenever this process has spent `_BATCH_FLUSH_S` of CPU time since
-    the last ones (a profiling timer): a call that never returns must not hold back the
-    answers before it, which may already fail a test (the run then fails, not times out)."""
+    Every `_BATCH_FLUSH_S` of CPU time (a profiling timer) the pending replies go out and
+    the channel is checked for a new message: a call that never returns must not hold back
+    the answers before it, which may already fail a test (the run then fails, not times
+    out), and a batch the evaluator abandoned stops at the next call."""
     frame = _wire.frame
     pending: list[bytes] = [first]
-    busy = [False]
+    state = {"busy": False, "stop": False}
 
-    def send_pending(*_: Any) -> None:
-        if not busy[0] and any(pending):
-            busy[0] = True
-            try:
+    def tick(*_: Any) -> None:
+        if state["busy"]:
+            return
+        state["busy"] = True
+        try:
+            state["stop"] = state["stop"] or interrupted()
+            if any(pending):
                 flush()
                 _wire.send(rep_fd, b"".join(pending))
                 pending.clear()
-            finally:
-                busy[0] = False
+        finally:
+            state["busy"] = False
 
-    previous = signal.signal(signal.SIGPROF, send_pending)
+    previous = signal.signal(signal.SIGPROF, tick)
     signal.setitimer(signal.ITIMER_PROF, _BATCH_FLUSH_S, _BATCH_FLUSH_S)
     done, off = 0, 1
     try:
-        while off < len(msg):
+        while off < len(msg) and not state["stop"]:
             n = _wire.U32.unpack_from(msg, off + 1)[0]
             body = msg[off + 5:off + 5 + n]
             off += 5 + n
-            if interrupted():
-                break
             pending.append(frame(_answer(body, namespace, refs)))
             done += 1
     finally:
         signal.setitimer(signal.ITIMER_PROF, 0, 0)
         signal.signal(signal.SIGPROF, previous)
     pending.append(frame(b"K" + _wire.U32.pack(done)))
-    send_pending()
+    state["busy"] = False
+    tick()
 
 
 _MISSING = object()
@@ -260,7 +263,10 @@ def _answer(msg: bytes, namespace: dict[str, Any], refs: _Refs) -> bytes:
             value = args[key] if type(key) is int else kwargs[key]
             if before is None or _snapshot(value) != before:
                 back[key] = value
-        return b"V" + dumps(result, refs.add) + dumps(back, refs.add)
+        try:  # plain data only: marshal, in C (the evaluator reads it with its own decoder)
+            return b"M" + marshal.dumps((result, back), 2)
+        except ValueError:  # a subclass of a plain type, or an object of the program's
+            return b"V" + dumps(result, refs.add) + dumps(back, refs.add)
     except _wire.NotPlain as e:
         return b"U" + dumps(str(e), _no_refs)
     except RecursionError:

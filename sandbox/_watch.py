@@ -179,12 +179,15 @@ def watch(pid: int, t0: float, limits: dict[str, Any], out_r: int, err_r: int, s
                     break
                 if not data:
                     break
+                short = len(data) < 65536  # a pipe holds 64 KiB: the rest came in one read
                 if fd == sig_r:
                     bufs[fd] += data[: max(0, _SIGNAL_MAX - len(bufs[fd]))]
                 else:
                     room = cap - len(bufs[fd])
                     bufs[fd] += data[: max(0, room)]
                     truncated = truncated or len(data) > room
+                if short:
+                    break
     finally:
         if pidfd is not None:
             os.close(pidfd)

@@ -189,6 +189,90 @@ def _load(buf: bytes, off: int, ref: Callable[[int, str], Any], depth: int,
     raise WireError(f"unknown tag {tag!r} at offset {off - 1}")
 
 
+# ------------------------------------------------------------------------------ marshal
+# What the program's side sends when a reply is plain data only: marshal version 2 (written
+# in C, so cheap there), read back here by a decoder of our own that accepts only the plain
+# types: no code objects, no references, nothing else that marshal.loads would build.
+_I32 = struct.Struct("<i")
+_MARSHAL_SEQ = {ord("("): tuple, ord("["): list, ord("<"): set, ord(">"): frozenset}
+
+
+def loads_marshal(buf: bytes, off: int = 0) -> tuple[Any, int]:
+    """Decode one plain value written by marshal.dumps(value, 2); WireError otherwise."""
+    state = [0]
+    try:
+        return _load_m(buf, off, 0, state)
+    except WireError:
+        raise
+    except (struct.error, IndexError, UnicodeDecodeError, TypeError, OverflowError,
+            MemoryError, RecursionError) as e:
+        raise WireError(f"malformed value: {type(e).__name__}: {e}") from None
+
+
+def _load_m(buf: bytes, off: int, depth: int, state: list[int]) -> tuple[Any, int]:
+    state[0] += 1
+    if state[0] > MAX_ITEMS:
+        raise WireError(f"more than {MAX_ITEMS} values in one message")
+    tag = buf[off]
+    off += 1
+    if tag == 105:  # i
+        return _I32.unpack_from(buf, off)[0], off + 4
+    if tag == 117 or tag == 115:  # u str, s bytes
+        n = _I32.unpack_from(buf, off)[0]
+        if n < 0 or off + 4 + n > len(buf):
+            raise WireError("a string runs past the end of the message")
+        raw = buf[off + 4:off + 4 + n]
+        return (raw.decode("utf-8", "surrogatepass") if tag == 117 else raw), off + 4 + n
+    if tag == 78:  # N
+        return None, off
+    if tag == 84:  # T
+        return True, off
+    if tag == 70:  # F
+        return False, off
+    if tag == 103:  # g
+        return _F64.unpack_from(buf, off)[0], off + 8
+    if tag in _MARSHAL_SEQ or tag == 123:  # ( [ < > {
+        if depth >= MAX_DEPTH:
+            raise WireError(f"containers nested deeper than {MAX_DEPTH} levels")
+        if tag == 123:
+            d = {}
+            while True:
+                if off >= len(buf):
+                    raise WireError("a dict runs past the end of the message")
+                if buf[off] == 48:  # 0: end of the dict
+                    return d, off + 1
+                k, off = _load_m(buf, off, depth + 1, state)
+                v, off = _load_m(buf, off, depth + 1, state)
+                d[k] = v
+        n = _I32.unpack_from(buf, off)[0]
+        off += 4
+        if n < 0 or n > len(buf) - off:
+            raise WireError("a container announces more items than the message holds")
+        items = []
+        for _ in range(n):
+            v, off = _load_m(buf, off, depth + 1, state)
+            items.append(v)
+        kind = _MARSHAL_SEQ[tag]
+        return (items if kind is list else kind(items)), off
+    if tag == 108:  # l: 15-bit digits, their count's sign is the number's
+        n = _I32.unpack_from(buf, off)[0]
+        off += 4
+        size = abs(n)
+        if off + 2 * size > len(buf):
+            raise WireError("a long integer runs past the end of the message")
+        value = 0
+        for i in range(size - 1, -1, -1):
+            digit = buf[off + 2 * i] | buf[off + 2 * i + 1] << 8
+            if digit >= 1 << 15:
+                raise WireError("a long integer digit is out of range")
+            value = (value << 15) | digit
+        return (-value if n < 0 else value), off + 2 * size
+    if tag == 121:  # y
+        re_, im = _C128.unpack_from(buf, off)
+        return complex(re_, im), off + 16
+    raise WireError(f"type code {tag!r} is not plain data")
+
+
 def _length(buf: bytes, off: int) -> int:
     n = U32.unpack_from(buf, off)[0]
     if off + 4 + n > len(buf):

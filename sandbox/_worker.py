@@ -272,7 +272,7 @@ class Worker:
         the start-up probe (b"P")."""
         if kind == b"E":
             self._evaluator_main(fds[0])
-        out_w, err_w, sig_w, job_r, req_r, rep_w = fds
+        sig_w, req_r, rep_w, job_r, out_w, err_w = fds  # in `_harness.PLACED` order
         child_main(job_fd=job_r, fds=(self.null_fd, out_w, err_w, sig_w, req_r, rep_w),
                    scratch=self.scratch, conf=self.conf,
                    probe=self._probe_report if kind == b"P" else None)
@@ -373,7 +373,7 @@ class Worker:
         self.last_scratch = True
         (out_r, out_w), (err_r, err_w), (sig_r, sig_w), (job_r, job_w), (req_r, req_w), \
             (rep_r, rep_w) = (os.pipe() for _ in range(6))
-        child_fds = [out_w, err_w, sig_w, job_r, req_r, rep_w]
+        child_fds = [sig_w, req_r, rep_w, job_r, out_w, err_w]  # `_harness.PLACED` order
         pid = self._spawn(b"P" if probe else b"J", child_fds)
         for fd in child_fds:
             os.close(fd)

@@ -54,7 +54,11 @@ def main() -> None:
         _linux.prctl(_linux.PR_SET_PDEATHSIG, 9)  # never outlive the worker
     except OSError:
         pass
-    sock = _socket.socket(fileno=SOCKET_FD)
+    # Its own fds far up, so that the six a request carries arrive in place, at the lowest
+    # free numbers 3-8 in the order sent (`_harness.PLACED`): a new process then has little
+    # to rearrange.
+    sock = _socket.socket(fileno=fcntl.fcntl(SOCKET_FD, fcntl.F_DUPFD_CLOEXEC, 100))
+    os.close(SOCKET_FD)
     cfg = marshal.loads(sock.recv(1 << 16))
     # Started without `site` (-S), which alone would hold a megabyte more: programs still
     # import what the worker can, from the same paths (.pth files are not run).
@@ -68,6 +72,7 @@ def main() -> None:
     # here, rather than in every program's process.
     compile("def f(x):\n    return [x for _ in ()]\n", "<warm-up>", "exec")
     null_fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    null_fd, _ = fcntl.fcntl(null_fd, fcntl.F_DUPFD_CLOEXEC, 100), os.close(null_fd)
     high = {}
     for name, fd in (("landlock", LANDLOCK_FD), ("scope", SCOPE_FD)):
         if cfg[name]:  # out of the way of the fds each new process rearranges (0-5)
@@ -79,6 +84,9 @@ def main() -> None:
     conf.scope_fd = high.get("scope")
     errors: dict[str, str] = {}
     conf.apply_early(errors)
+    for res, val in _harness.FIXED_LIMITS:  # inherited by every program's process
+        resource.setrlimit(res, (val, val))
+    conf.fixed_set = True
     if os.geteuid() == 0 and cfg["seccomp"]:
         # the drop failed: root programs must not get the filter that lets them set limits
         sock.send(marshal.dumps({"_abort": "still root after the privilege drop"}))
@@ -106,7 +114,7 @@ def main() -> None:
     anc = _socket.CMSG_SPACE(8 * 4)
     while True:
         try:
-            kind, ancdata, _, _ = sock.recvmsg(16, anc)
+            kind, ancdata, _, _ = sock.recvmsg(16, anc, _socket.MSG_CMSG_CLOEXEC)
         except OSError:
             return
         fds: list[int] = []
@@ -122,7 +130,7 @@ def main() -> None:
         if pid == 0:
             try:
                 sock.close()
-                out_w, err_w, sig_w, job_r, req_r, rep_w = fds
+                sig_w, req_r, rep_w, job_r, out_w, err_w = fds
                 probe = None
                 if kind == b"P":
                     def probe(res: dict[str, str]) -> bytes:

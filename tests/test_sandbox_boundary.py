@@ -4,6 +4,7 @@ objects for the tests to hand back). Also the codec's robustness to hostile byte
 
 from __future__ import annotations
 
+import marshal
 import math
 import random
 
@@ -46,6 +47,26 @@ def test_plain_values_round_trip_exactly(value):
         assert math.copysign(1, back) == math.copysign(1, value)
 
 
+@pytest.mark.parametrize("value", [
+    None, True, 2**31, -(2**31) - 1, 2**200, -(3**100), -0.0, 1 - 2j, b"\x00", "é\ud800",
+    (1, [2, {3: frozenset({4})}]), {(1, 2): {b"x"}},
+])
+def test_marshal_replies_are_read_back_exactly_by_the_evaluators_decoder(value):
+    buf = marshal.dumps(value, 2)
+    back, end = _wire.loads_marshal(buf)
+    assert back == value and type(back) is type(value) and end == len(buf)
+
+
+@pytest.mark.parametrize("buf", [
+    marshal.dumps(compile("1", "<x>", "eval"), 2), marshal.dumps(..., 2), b"r\x00\x00\x00\x00",
+    b"(\xff\xff\xff\x7f", b"l\x01\x00\x00\x00\xff\xff", b"u\x05\x00\x00\x00ab",
+    b"<\x01\x00\x00\x00[\x00\x00\x00\x00", b"[\x01\x00\x00\x00" * 200 + b"N",
+])
+def test_the_evaluator_reads_no_marshal_type_but_plain_data(buf):
+    with pytest.raises(_wire.WireError):
+        _wire.loads_marshal(buf)
+
+
 def test_nan_and_subclasses_cross_as_their_base_values():
     assert math.isnan(_loads(_wire.dumps(math.nan, _no_refs)))
 
@@ -78,15 +99,18 @@ def test_malformed_input_is_a_wire_error(buf):
 
 def test_random_bytes_only_ever_raise_wire_error():
     rng = random.Random(0)
-    seeds = [_wire.dumps(v, _no_refs) for v in ([1, "a", {2: (3.0, b"x")}], {1, 2}, 2**70)]
-    for _ in range(3000):
-        buf = bytearray(rng.choice(seeds))
-        for _ in range(rng.randint(1, 4)):
-            buf[rng.randrange(len(buf))] = rng.randrange(256)
-        try:
-            _wire.loads(bytes(buf), _no_refs)
-        except _wire.WireError:
-            pass
+    values = ([1, "a", {2: (3.0, b"x")}], {1, 2}, 2**70)
+    for encode, decode in ((lambda v: _wire.dumps(v, _no_refs), lambda b: _wire.loads(b, _no_refs)),
+                           (lambda v: marshal.dumps(v, 2), _wire.loads_marshal)):
+        seeds = [encode(v) for v in values]
+        for _ in range(2000):
+            buf = bytearray(rng.choice(seeds))
+            for _ in range(rng.randint(1, 4)):
+                buf[rng.randrange(len(buf))] = rng.randrange(256)
+            try:
+                decode(bytes(buf))
+            except _wire.WireError:
+                pass
 
 
 # ------------------------------------------------------------------------------ through the pool
