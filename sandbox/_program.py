@@ -19,11 +19,11 @@ sorted in place sees the change.
 
 from __future__ import annotations
 
+import _signal  # not `signal`: its enum wrappers touch many objects (each a page to copy)
 import builtins
 import marshal
 import os
 import select
-import signal
 import sys
 import traceback
 import types
@@ -200,8 +200,8 @@ def _batch(msg: bytes, namespace: dict[str, Any], refs: _Refs, rep_fd: int,
         finally:
             state["busy"] = False
 
-    previous = signal.signal(signal.SIGPROF, tick)
-    signal.setitimer(signal.ITIMER_PROF, _BATCH_FLUSH_S, _BATCH_FLUSH_S)
+    previous = _signal.signal(_signal.SIGPROF, tick)
+    _signal.setitimer(_signal.ITIMER_PROF, _BATCH_FLUSH_S, _BATCH_FLUSH_S)
     done, off = 0, 1
     try:
         while off < len(msg) and not state["stop"]:
@@ -211,8 +211,8 @@ def _batch(msg: bytes, namespace: dict[str, Any], refs: _Refs, rep_fd: int,
             pending.append(frame(_answer(body, namespace, refs)))
             done += 1
     finally:
-        signal.setitimer(signal.ITIMER_PROF, 0, 0)
-        signal.signal(signal.SIGPROF, previous)
+        _signal.setitimer(_signal.ITIMER_PROF, 0, 0)
+        _signal.signal(_signal.SIGPROF, previous)
     pending.append(frame(b"K" + _wire.U32.pack(done)))
     state["busy"] = False
     tick()

@@ -25,6 +25,7 @@ import weakref
 from collections import deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -606,6 +607,7 @@ class Pool:
         if len(programs) != len(tests):
             raise ValueError(f"{len(programs)} programs but {len(tests)} test lists")
         futs = [self.submit(p, t, limits) for p, t in zip(programs, tests, strict=True)]
+        futures_wait(futs)  # one wake-up when all are done, not one per result
         return [f.result() for f in futs]
 
     def close(self) -> None:
