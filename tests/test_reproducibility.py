@@ -114,10 +114,25 @@ def _rows(path: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.endswith(TIMING)} for r in rows]
 
 
+# Float diagnostics computed on small, differently shaped batches (the drift from pi_0 on the
+# evaluation samples, the gradient-ratio probe): their matrix products may split their
+# reductions by thread count, so they agree to ~1e-7 relative rather than bitwise.
+DIAGNOSTICS = ("kl_pi_pi0", "kl_pi0_pi", "kl_pi_pi0_seq", "kl_pi0_pi_seq", "entropy",
+               "entropy_pi0", "reg_pg_grad_ratio")
+
+
+def _split(d: dict) -> tuple[dict, dict]:
+    """(values compared bitwise, float diagnostics compared to 1e-5); a diagnostic written as
+    null (infinite) is compared exactly."""
+    diag = {k: v for k, v in d.items() if k in DIAGNOSTICS and v is not None}
+    return {k: v for k, v in d.items() if k not in diag}, diag
+
+
 def test_rl_results_are_bitwise_equal_across_thread_counts(tmp_path):
-    """The same cell with 1 and with 2 torch threads, each in its own process: every metric of
-    every step is the same number (timings aside). This is what the README's reproducibility
-    statement rests on; pretraining is the part that is not (see gbmpo/bases.py)."""
+    """The same cell with 1 and with 2 torch threads, each in its own process: every sampled
+    token, reward, loss, gradient norm and accuracy of every step is the same number (timings
+    aside), and the float diagnostics agree to 1e-5 relative. This is what the README's
+    reproducibility statement rests on; pretraining is the part that is not (gbmpo/bases.py)."""
     common = [*SMALL, "run.steps=3", "eval.n=6", "eval.batch_size=24", "eval.samples=4",
               "rollout.prompts_per_step=2", "rollout.samples_per_prompt=4",
               "rollout.max_new_tokens=16", "divergence.name=kl_k1", "divergence.beta=0.5"]
@@ -132,5 +147,11 @@ def test_rl_results_are_bitwise_equal_across_thread_counts(tmp_path):
     a, b = (json.loads((out[t] / "result.json").read_text()) for t in (1, 2))
     assert a["provenance"]["float_env"]["threads"] == 1
     assert b["provenance"]["float_env"]["threads"] == 2
-    assert a["metrics"] == b["metrics"]
-    assert _rows(out[1]) == _rows(out[2])
+    exact_a, diag_a = _split({k: v["value"] for k, v in a["metrics"].items()})
+    exact_b, diag_b = _split({k: v["value"] for k, v in b["metrics"].items()})
+    assert exact_a == exact_b and a["items"] == b["items"]
+    assert diag_a == pytest.approx(diag_b, rel=1e-5, abs=1e-12)
+    for ra, rb in zip(_rows(out[1]), _rows(out[2]), strict=True):
+        (ea, da), (eb, db) = _split(ra), _split(rb)
+        assert ea == eb, (ra["kind"], ra["step"])
+        assert da == pytest.approx(db, rel=1e-5, abs=1e-12)
