@@ -91,18 +91,20 @@ class Confinement:
         # A dropped uid is shared with the zygote and the evaluator; a caller's own uid with
         # all its processes.
         nproc = max_processes + (2 if self.uid is not None else self.nproc_base)
-        fixed = () if self.fixed_set else FIXED_LIMITS
-
-        def set_all() -> None:
+        setrlimit = resource.setrlimit  # inline: every frame a new process enters costs pages
+        try:
             for res, val in ((resource.RLIMIT_AS, memory_mb * _MB),
                              (resource.RLIMIT_DATA, memory_mb * _MB),
                              (resource.RLIMIT_FSIZE, file_size_mb * _MB),
                              (resource.RLIMIT_NOFILE, open_files),
-                             (resource.RLIMIT_NPROC, nproc), *fixed):
-                resource.setrlimit(res, (val, val))
-            resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))  # SIGXCPU, then SIGKILL
-
-        _step("rlimits", set_all, probe)
+                             (resource.RLIMIT_NPROC, nproc),
+                             *(() if self.fixed_set else FIXED_LIMITS)):
+                setrlimit(res, (val, val))
+            setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))  # SIGXCPU, then SIGKILL
+        except Exception as e:
+            if probe is None:
+                raise
+            probe["rlimits"] = f"{type(e).__name__}: {e}"
 
     def set_evaluator_limits(self, memory_mb: int, open_files: int) -> None:
         """The evaluator's own limits: memory and files; no CPU limit (it lives across jobs;
@@ -159,12 +161,14 @@ def child_main(*, job_fd: int, fds: tuple[int, ...], scratch: str, conf: Confine
             _linux.prctl(_linux.PR_SET_PDEATHSIG, 9)
         if not conf.inherited:
             conf.apply_early(res)
-        chunks = []
-        while chunk := os.read(job_fd, 1 << 16):
-            chunks.append(chunk)
-        if not chunks:  # the worker is shutting down; this spare was never used
+        job = os.read(job_fd, 1 << 20)
+        if not job:  # the worker is shutting down; this spare was never used
             os._exit(0)
-        limits, mode, nonce, parts = _job.decode_program_job(b"".join(chunks))
+        more = []
+        while chunk := os.read(job_fd, 1 << 20):
+            more.append(chunk)
+        limits, mode, nonce, parts = _job.decode_program_job(b"".join([job, *more]) if more
+                                                             else job)
         conf.set_rlimits(limits, res)
         if not conf.inherited:
             conf.install_seccomp(res)
