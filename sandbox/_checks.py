@@ -1,5 +1,6 @@
 """Start-up checks: each feature is tried for real by a probe process that is created and
-confined exactly like a program's, then attempts what the confinement should forbid."""
+confined exactly like a program's, then attempts what the confinement should forbid (what
+it tries is `_zygote.probe_report`; the namespaces check runs in the worker itself)."""
 
 from __future__ import annotations
 

@@ -11,10 +11,14 @@ sorted in place sees the change.
 
     READY  b"R" + per name: b"m" missing | b"c" callable | b"M" module name | b"d" value
     FAILED b"B" + (kind, detail)          the program (or its setup) did not run to the end
-    CALL   b"C" + target (name, or reference) + args tuple + kwargs dict   (evaluator -> here)
-    VALUE  b"V" + value + {arg index or keyword: new value}
+    CALL   b"c" + marshal v2 (name, args, kwargs)     plain data only   (evaluator -> here)
+           b"C" + target (name or reference) + count + args + kwargs as `_wire` values
+    BATCH  b"S" + framed CALLs expected in this order                    (evaluator -> here)
+    VALUE  b"M" + marshal v2 (value, {arg index or keyword: new value})  plain data only
+           b"V" + value + {arg index or keyword: new value} as `_wire` values
     RAISED b"X" + (module, name, args, message, traceback, kind)
     UNSENDABLE b"U" + reason
+    END    b"K" + how many calls of a BATCH were answered
 """
 
 from __future__ import annotations

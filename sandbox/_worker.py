@@ -8,12 +8,13 @@ answers with its start-up checks. Then each job is three frames: a JSON header {
 "n_tests", "mode"}, the program's part and the evaluator's part (see `_job`), which the
 worker forwards without decoding; each job is answered by one result.
 
-Processes: the worker forks one *zygote* at start-up. The zygote drops privileges, applies
-Landlock and seccomp to itself once, and from then on only creates processes with
-clone(CLONE_PARENT): they inherit its confinement for free and are still the worker's
-children (the worker waits for them, and its subreaper sweep covers them). It creates the
-*evaluator* once (again after it dies or retires) and one process per program. The worker
-itself never forks again, which matters for speed: a fork write-protects every page of the
+Processes: the worker starts one *zygote* (`_zygote`: a lean interpreter of its own), which
+drops privileges, applies Landlock, seccomp and the nested scope domain to itself once, and
+from then on only creates programs' processes with clone(CLONE_PARENT): they inherit its
+confinement for free and are still the worker's children (the worker waits for them, and
+its subreaper sweep covers them). The worker forks the *evaluator* itself (once, and again
+after it dies or retires), which confines itself outside the scope domain. Otherwise the
+worker does not fork, which matters for speed: a fork write-protects every page of the
 forking process, so a busy forker takes a copy-on-write fault for each page it touches
 afterwards (about 200 per run, measured). Where raw clone() is not safe (not glibc >= 2.34),
 or the programs would stay root, the worker forks each process itself and that process
