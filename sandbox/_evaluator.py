@@ -80,8 +80,9 @@ def run_job(body: bytes, req_fd: int, rep_fd: int, cache: dict[int, Any]
             ) -> tuple[bytes, bool]:
     """Run one job's tests; returns (message for the worker, whether to retire this
     evaluator). The message: u32 length + verdict, a flags byte (1: the tests' calls
-    diverged from the plan given; 2: a new plan follows), then the new plan (framed calls)
-    for the pool to keep. `cache` holds loaded code by id."""
+    diverged from the plan given; 2: a new plan follows; 4, set by `main`: this evaluator
+    retires), then the new plan (framed calls) for the pool to keep. `cache` holds loaded
+    code by id."""
     nonce = body[:16]
     header, setup, plan_blob, *tests = _items(body, 16)
     spec = marshal.loads(header)  # from the pool, through the worker: trusted
@@ -197,7 +198,7 @@ def main(sock_fd: int) -> None:
     cache: dict[int, Any] = {}
     gc.collect()
     gc.freeze()
-    for _ in range(RECYCLE_AFTER):
+    for n in range(1, RECYCLE_AFTER + 1):
         job = _recv_job(sock)
         if job is None:
             break
@@ -214,6 +215,10 @@ def main(sock_fd: int) -> None:
                                          "detail": f"evaluator: {_describe(e)}"}).encode()
             message, retire = _LEN.pack(len(failure)) + failure + b"\0", True
         sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+        retire = retire or n == RECYCLE_AFTER
+        if retire:  # flag 4: the worker starts a new evaluator before the next job
+            v = _LEN.unpack_from(message)[0]
+            message = message[:4 + v] + bytes([message[4 + v] | 4]) + message[5 + v:]
         streams = b"".join(_LEN.pack(len(b)) + b for b in (out.getvalue(), err.getvalue()))
         # the verdict first: the worker then stops the program, rather than seeing it end
         sock.sendall(_LEN.pack(len(message) + len(streams)) + streams + message)

@@ -92,6 +92,7 @@ def watch(pid: int, t0: float, limits: dict[str, Any], out_r: int, err_r: int, s
                 if len(verdict) >= 4 and 5 + _LEN.unpack_from(verdict)[0] <= len(verdict):
                     v = _LEN.unpack_from(verdict)[0]
                     learned["diverged"] = bool(verdict[4 + v] & 1)
+                    learned["retiring"] = bool(verdict[4 + v] & 4)
                     if verdict[4 + v] & 2:
                         learned["plan"] = verdict[5 + v:]
                     verdict = verdict[4:4 + v]
@@ -205,7 +206,8 @@ def watch(pid: int, t0: float, limits: dict[str, Any], out_r: int, err_r: int, s
     return {"wstatus": wstatus, "ended": ended, "override": override,
             "stdout": stdout, "stderr": stderr,
             "signal": bytes(bufs[sig_r]), "truncated": truncated, "verdict": verdict,
-            "eval_dead": eval_dead, "reap": pid if reap else None, "learned": learned}
+            "eval_dead": eval_dead, "reap": pid if reap else None, "learned": learned,
+            "eval_retiring": learned.pop("retiring", False)}
 
 
 def _wait_for(cond: Callable[[], bool], step: Callable[[], None], fd: int, seconds: float

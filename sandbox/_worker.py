@@ -466,7 +466,7 @@ class Worker:
             for fd in (sp.out_r, sp.err_r, sp.sig_r):
                 os.close(fd)
         self.to_reap = watched["reap"]
-        if watched["eval_dead"] is not None:
+        if watched["eval_dead"] is not None or watched["eval_retiring"]:
             self.stop_evaluator()  # a new one starts after the reply
         # the memory cgroup's OOM counter explains a death by signal; read only then
         oom = False

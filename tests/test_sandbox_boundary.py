@@ -229,3 +229,12 @@ def test_expected_calls_go_out_ahead_without_changing_verdicts(pool):
     r = run(pool, "def f(x):\n    return x + 1\n", ["for i in range(50, 0, -1):\n"
                                                      "    assert f(i) == i + 1"])
     assert r.passed
+
+
+@pytest.mark.parametrize("test,status", [("while True:\n    pass", Status.TIMEOUT),
+                                         ("x = bytearray(8 << 30)", Status.MEMORY)])
+def test_the_evaluator_recovers_from_a_test_that_never_ends_or_exhausts_it(pool, test, status):
+    prog = "def f(x):\n    return 2 * x\n"
+    r = pool.submit(prog, [test], Limits(timeout_s=1.5)).result()
+    assert r.status is status, r
+    assert all(run(pool, prog, ["assert f(2) == 4"]).passed for _ in range(3))
