@@ -2,10 +2,10 @@
 
 It is an interpreter of its own, started by the worker, rather than a fork of it, and it
 imports only what a program's process needs (`_harness` and what that pulls in; no json,
-socket, typing, `site` or the worker's own modules). A process created by clone() gets a copy of the
-zygote's page tables and takes a copy-on-write fault for every page it writes, and tears
-all of them down when it ends: each megabyte the zygote does not hold is work that no run
-pays for (measured: a zygote of 5 MB instead of 8 MB halves the cost of creating a process).
+socket, `site` or the worker's own modules) plus the modules programs import most. A
+process created by clone() gets a copy of the zygote's page tables, takes a copy-on-write
+fault for every page it writes, and tears all of them down when it ends: each megabyte the
+zygote does not hold is work that no run pays for.
 
 The zygote confines itself once (privilege drop, Landlock, seccomp, and the nested Landlock
 domain that keeps programs from signalling or tracing the evaluator), then serves the

@@ -81,6 +81,22 @@ def test_exit_inside_a_test_is_not_a_pass(pool):
     assert not r.passed and r.status is Status.EXITED
 
 
+@pytest.mark.parametrize("how,status", [
+    ("import os; os._exit(0)", Status.EXITED),
+    ("import atexit, os, sys\n"
+     "atexit.register(lambda: [os.write(fd, b'P' + bytes(16) + b'1') for fd in (3, 4, 5)])\n"
+     "sys.exit(0)", Status.EXITED),
+    ("import os\nfor fd in range(3, 64):\n    try:\n"
+     "        os.write(fd, b'P' + bytes(16) + b'1')\n    except OSError:\n        pass\n",
+     Status.ERROR),
+])
+def test_in_process_pass_signal_cannot_come_from_exit_codes_or_stray_writes(pool, how, status):
+    # the declared fallback keeps the nonce-based pass signal of a classic harness
+    r = pool.submit(ADD + how, sandbox.Suite(("assert add(1, 2) == 3",), in_process=True)
+                    ).result()
+    assert r.status is status and not r.passed and r.in_process, r
+
+
 def test_replacing_builtins_cannot_skip_tests(pool):
     prog = ("import builtins, os\nbuiltins.exec = lambda *a, **k: None\n"
             "builtins.compile = lambda *a, **k: None\nos.write = lambda *a: None\n")

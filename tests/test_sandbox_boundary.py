@@ -128,11 +128,15 @@ def test_results_arrive_as_fresh_builtins_of_the_same_value(pool):
     assert r.calls == 1 and not r.in_process
 
 
-def test_arguments_mutated_in_place_come_back(pool):
+def test_arguments_mutated_in_place_come_back_but_results_are_copies(pool):
     prog = ("def sort_in_place(xs):\n    xs.sort()\n"
-            "def add_key(d):\n    d['new'] = 1\n")
+            "def add_key(d):\n    d['new'] = 1\n"
+            "def add_item(s):\n    s.add(9)\n"
+            "def same(x):\n    return x\n")
     r = run(pool, prog, ["a = [3, 1, 2]\nassert sort_in_place(a) is None\nassert a == [1, 2, 3]",
-                         "d = {}\nadd_key(d)\nassert d == {'new': 1}"])
+                         "d = {}\nadd_key(d)\nassert d == {'new': 1}",
+                         "s = set()\nadd_item(s)\nassert s == {9}",
+                         "x = [1]\nassert same(x) == x and same(x) is not x"])
     assert r.passed, r
 
 
@@ -197,6 +201,7 @@ def test_keyword_arguments_and_output_of_both_sides(pool):
 
 @pytest.mark.parametrize("body,status", [
     ("import os\n    os._exit(0)", Status.EXITED),
+    ("return bytearray(8 << 30)", Status.MEMORY),
     ("raise SystemExit(0)", Status.EXITED),
     ("import ctypes\n    ctypes.string_at(0)", Status.KILLED),
     ("while True:\n        pass", Status.TIMEOUT),

@@ -59,6 +59,15 @@ def test_same_hack_passes_when_tests_share_the_programs_process(runs, case):
     assert r.passed and r.in_process, r
 
 
+def test_the_evaluator_is_out_of_the_programs_signal_reach(runs):
+    scope = "scope(signal" in sandbox.detect().checks["landlock"].detail
+    if not scope:
+        pytest.skip("Landlock without signal scoping (ABI < 6): the program can stop the "
+                    "evaluator, which only costs it its run (docs/sandbox.md)")
+    r = runs["stop_evaluator", "hack"]
+    assert r.status is Status.FAILED and r.calls == 1  # the evaluator answered, unharmed
+
+
 def test_rigged_objects_fail_with_a_clear_reason(runs):
     r = runs["always_equal", "hack"]
     assert "not plain data" in r.detail and "Anything" in r.detail
