@@ -24,16 +24,11 @@ def evaluator_payload(names: Sequence[str], max_bytes: int, setup: bytes, plan: 
     return items([header, setup, plan, *tests])
 
 
-_PLAN_MISSES = 3  # a suite whose calls diverged from its plan this often in a row: no plan
-_PLANS_BYTES = 32 << 20  # all plans kept, at most
 
 
 class Compiler:
     """A pool's job encoder. Each test (and setup) is compiled once and keeps its id, so
-    the evaluator loads it once; each suite's entry points are worked out once; and each
-    suite's plan (the calls its tests made into the last program, see `_evaluator.Link`)
-    is kept here, so that whichever worker runs the next sample of the same problem can
-    send them ahead."""
+    the evaluator loads it once; each suite's entry points and plan are worked out once."""
 
     CACHE = 4096  # compiled items and suites kept
 
@@ -43,38 +38,18 @@ class Compiler:
         self._lock = threading.Lock()
         self._next = 0
         self._limit_dicts: dict[Limits, dict[str, Any]] = {}
-        self._plans: dict[Suite, tuple[bytes, int]] = {}  # suite -> (plan, misses in a row)
-        self._plan_bytes = 0
-
-    def learn(self, suite: Suite, plan: bytes | None, diverged: bool) -> None:
-        """What the evaluator reported after a run: a new plan, and whether the tests'
-        calls diverged from the one it was given."""
-        with self._lock:
-            old, misses = self._plans.get(suite, (b"", 0))
-            misses = misses + 1 if diverged else 0
-            if plan is not None:
-                if self._plan_bytes + len(plan) > _PLANS_BYTES:
-                    self._plans.clear()
-                    self._plan_bytes = 0
-                    old = b""
-                self._plan_bytes += len(plan) - len(old)
-                old = plan
-            self._plans[suite] = (old, misses)
+        self._plans: dict[Suite, bytes] = {}
 
     def plan(self, suite: Suite, names: Sequence[str]) -> bytes:
-        """The calls the evaluator sends ahead: those the tests made last time, else those
-        read from the tests (`_plan.static_plan`); none after repeated divergence."""
+        """The calls the evaluator sends ahead (`_plan.static_plan`), framed; per suite."""
         got = self._plans.get(suite)
         if got is None:
-            calls = static_plan(suite.tests, names)
-            got = (b"".join(_wire.frame(c) for c in calls), 0)
+            got = b"".join(_wire.frame(c) for c in static_plan(suite.tests, names))
             with self._lock:
                 if len(self._plans) >= self.CACHE:
                     self._plans.clear()
-                    self._plan_bytes = 0
                 self._plans[suite] = got
-                self._plan_bytes += len(got[0])
-        return got[0] if got[1] < _PLAN_MISSES else b""
+        return got
 
     def item(self, source: str, label: str) -> tuple[bytes, Any]:
         key = (source, label)

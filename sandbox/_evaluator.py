@@ -29,7 +29,7 @@ import traceback
 from typing import Any
 
 from sandbox import _wire
-from sandbox._remote import PLAN_BYTES, Link, _Abort
+from sandbox._remote import Link, _Abort
 
 _LEN = struct.Struct(">I")
 _CODE_CACHE = 4096  # compiled tests kept per evaluator
@@ -79,22 +79,15 @@ def _code(item: bytes, label: str, cache: dict[int, Any]) -> Any:
 def run_job(body: bytes, req_fd: int, rep_fd: int, cache: dict[int, Any]
             ) -> tuple[bytes, bool]:
     """Run one job's tests; returns (message for the worker, whether to retire this
-    evaluator). The message: u32 length + verdict, a flags byte (1: the tests' calls
-    diverged from the plan given; 2: a new plan follows; 4, set by `main`: this evaluator
-    retires), then the new plan (framed calls) for the pool to keep. `cache` holds loaded
-    code by id."""
+    evaluator). The message: u32 length + verdict, then a flags byte (4, set by `main`:
+    this evaluator retires). `cache` holds loaded code by id."""
     nonce = body[:16]
     header, setup, plan_blob, *tests = _items(body, 16)
     spec = marshal.loads(header)  # from the pool, through the worker: trusted
     link = Link(req_fd, rep_fd, spec["max_bytes"])
-    plan = _frames(plan_blob)
-    verdict, retire = _run(link, nonce, spec["names"], setup, tests, cache, plan)
-    flags, new = (1 if link.diverged else 0), b""
-    made = link.made
-    if made and (not plan or (verdict[:1] == b"P" and made != plan)) \
-            and sum(map(len, made)) <= PLAN_BYTES:
-        flags, new = flags | 2, b"".join(_wire.frame(c) for c in made)
-    return _LEN.pack(len(verdict)) + verdict + bytes([flags]) + new, retire
+    verdict, retire = _run(link, nonce, spec["names"], setup, tests, cache,
+                           _frames(plan_blob))
+    return _LEN.pack(len(verdict)) + verdict + b"\0", retire
 
 
 def _frames(blob: bytes) -> list[bytes]:

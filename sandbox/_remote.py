@@ -23,7 +23,6 @@ from typing import Any
 
 from sandbox import _wire
 
-PLAN_CALLS, PLAN_BYTES = 256, 1 << 20  # the longest plan of expected calls reported
 _NOT_RAISABLE = (SystemExit, KeyboardInterrupt, GeneratorExit)
 
 
@@ -86,14 +85,13 @@ for _op in "add sub mul matmul truediv floordiv mod divmod pow lshift rshift and
 class Link:
     """One job's channel to the program's process, and the record of its first violation.
 
-    Expected calls: the calls the same tests made last time (or, before their first run,
-    those read from them, `_plan`) are sent at once at the start (`expect`), and the
-    program's process answers them in order without waiting for each one; a call the tests
-    make now takes the next answer only when it is byte for byte the expected call, else
-    the batch is abandoned and calls go one by one. This saves two context switches per
-    call, and changes nothing a test can observe for a program whose functions depend only
-    on their arguments (a stateful program may see some expected calls that a diverging
-    test then does not make)."""
+    Expected calls: the calls read from the tests (`_plan`) are sent at once at the start
+    (`expect`), and the program's process answers them in order without waiting for each
+    one; a call the tests make now takes the next answer only when it is byte for byte the
+    expected call, else the batch is abandoned and calls go one by one. This saves two
+    context switches per call, and changes nothing a test can observe for a program whose
+    functions depend only on their arguments (a stateful program may see some expected
+    calls that a diverging test then does not make)."""
 
     def __init__(self, req_fd: int, rep_fd: int, max_bytes: int) -> None:
         self.req_fd, self.max_bytes = req_fd, max_bytes
@@ -101,10 +99,8 @@ class Link:
         self.refs: dict[int, Remote] = {}
         self.violation: tuple[str, str] | None = None
         self.calls = 0
-        self.made: list[bytes] = []  # this run's calls, the next run's plan
         self.plan: list[bytes] = []
         self.expecting = False  # answers to the plan are (still) coming
-        self.diverged = False
 
     def expect(self, plan: list[bytes]) -> None:
         if plan:
@@ -207,8 +203,6 @@ class Link:
                              "(a task that needs more declares the record in-process)")
         body = b"".join(parts)
         when = f"during a call to {what}"
-        if len(self.made) < PLAN_CALLS:
-            self.made.append(body)
         reply = None
         if self.expecting:
             if self.calls < len(self.plan) and body == self.plan[self.calls]:
@@ -216,7 +210,6 @@ class Link:
                 if reply[:1] == b"K":  # the program's side stopped early
                     self.expecting, reply = False, None
             else:  # the tests went another way (or further): one by one from here
-                self.diverged = self.diverged or self.calls < len(self.plan)
                 self._send(_wire.frame(body), when)
                 while self._receive(when)[:1] != b"K":
                     pass

@@ -9,7 +9,6 @@ evaluator reports that the program ended mid-call.
 
 from __future__ import annotations
 
-import binascii
 import json
 import os
 import select
@@ -54,7 +53,7 @@ def watch(pid: int, t0: float, limits: dict[str, Any], out_r: int, err_r: int, s
     verdict: bytes | None = None
     eval_dead: str | None = None
     ebuf = bytearray()
-    learned: dict[str, Any] = {}  # the evaluator's report on plans (see _evaluator.run_job)
+    sent: dict[str, Any] = {}  # what the evaluator sent besides its verdict
     poller = select.poll()
     for fd in bufs:
         poller.register(fd, select.POLLIN)
@@ -87,14 +86,11 @@ def watch(pid: int, t0: float, limits: dict[str, Any], out_r: int, err_r: int, s
                 for key in ("stdout", "stderr"):  # the tests' own output, then the verdict
                     if len(verdict) >= 4 and 4 + _LEN.unpack_from(verdict)[0] <= len(verdict):
                         m = _LEN.unpack_from(verdict)[0]
-                        learned[key] = verdict[4:4 + m]
+                        sent[key] = verdict[4:4 + m]
                         verdict = verdict[4 + m:]
                 if len(verdict) >= 4 and 5 + _LEN.unpack_from(verdict)[0] <= len(verdict):
                     v = _LEN.unpack_from(verdict)[0]
-                    learned["diverged"] = bool(verdict[4 + v] & 1)
-                    learned["retiring"] = bool(verdict[4 + v] & 4)
-                    if verdict[4 + v] & 2:
-                        learned["plan"] = verdict[5 + v:]
+                    sent["retiring"] = bool(verdict[4 + v] & 4)
                     verdict = verdict[4:4 + v]
 
     def finished() -> bool:
@@ -195,7 +191,7 @@ def watch(pid: int, t0: float, limits: dict[str, Any], out_r: int, err_r: int, s
     # the program's output, then the tests' (from the evaluator), within the same cap
     stdout, stderr = bytes(bufs[out_r]), bytes(bufs[err_r])
     for key, got in (("stdout", stdout), ("stderr", stderr)):
-        extra = learned.pop(key, b"")
+        extra = sent.pop(key, b"")
         if extra:
             room = max(0, cap - len(got))
             truncated = truncated or len(extra) > room
@@ -206,8 +202,8 @@ def watch(pid: int, t0: float, limits: dict[str, Any], out_r: int, err_r: int, s
     return {"wstatus": wstatus, "ended": ended, "override": override,
             "stdout": stdout, "stderr": stderr,
             "signal": bytes(bufs[sig_r]), "truncated": truncated, "verdict": verdict,
-            "eval_dead": eval_dead, "reap": pid if reap else None, "learned": learned,
-            "eval_retiring": learned.pop("retiring", False)}
+            "eval_dead": eval_dead, "reap": pid if reap else None,
+            "eval_retiring": sent.pop("retiring", False)}
 
 
 def _wait_for(cond: Callable[[], bool], step: Callable[[], None], fd: int, seconds: float
@@ -235,11 +231,6 @@ def verdict(w: dict[str, Any], nonce: bytes, n_tests: int, limits: dict[str, Any
 
     def done(status: str, detail: str = "", **kw: Any) -> dict[str, Any]:
         res.update(status=status, detail=detail, **kw)
-        learned = w.get("learned") or {}
-        if learned.get("diverged"):
-            res["plan_diverged"] = True
-        if "plan" in learned:  # for the pool's plan of this suite, not for the caller
-            res["plan"] = binascii.b2a_base64(learned["plan"], newline=False).decode()
         return res
 
     sig = w["signal"]

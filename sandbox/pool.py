@@ -8,7 +8,6 @@ interpreter start-up.
 from __future__ import annotations
 
 import atexit
-import binascii
 import json
 import os
 import queue
@@ -294,7 +293,7 @@ class _Worker:
         except OSError:
             return False
 
-    def receive(self, suite: Suite, limits: Limits, t0: float) -> tuple[ExecResult, bool]:
+    def receive(self, limits: Limits, t0: float) -> tuple[ExecResult, bool]:
         """The reply to the oldest job sent; (result, worker still alive)."""
         try:
             reply = _read_msg(self.proc.stdout.fileno(),
@@ -311,11 +310,6 @@ class _Worker:
                               detail=why + (f"; worker stderr: {tail[-500:]}" if tail else "")
                               ), False
         status = Status(reply.pop("status"))
-        plan = reply.pop("plan", None)
-        diverged = reply.pop("plan_diverged", False)
-        if plan is not None or diverged:
-            self.pool.compiler.learn(suite, binascii.a2b_base64(plan) if plan else None,
-                                     diverged)
         return ExecResult(status=status, passed=status is Status.PASSED,
                           isolation=self.level.name.lower(), failed_checks=self.failed,
                           **reply), True
@@ -533,8 +527,7 @@ class Pool:
         # the moment it has answered the last, without waiting for this thread to wake up.
         # A job is queued behind another only when it is small: the pipe then holds it
         # without blocking, and a large reply can never deadlock against it.
-        # [future, limits, job bytes, sent, t0, tries, suite]
-        pending: deque[list[Any]] = deque()
+        pending: deque[list[Any]] = deque()  # [future, limits, job bytes, sent, t0, tries]
         stopping = False
         while True:
             while not stopping and len(pending) < 2:
@@ -548,7 +541,7 @@ class Pool:
                 fut, program, tests, limits = item
                 if fut.set_running_or_notify_cancel():
                     pending.append([fut, limits, worker.encode(program, tests, limits),
-                                    False, 0.0, 0, tests])
+                                    False, 0.0, 0])
             if not pending:
                 if stopping:
                     return
@@ -579,9 +572,9 @@ class Pool:
                         isolation=worker.level.name.lower(), failed_checks=worker.failed,
                         detail="could not hand the job to a sandbox worker (3 tries)"))
                 continue
-            fut, limits, _, _, t0, _, suite = pending.popleft()
+            fut, limits, _, _, t0, _ = pending.popleft()
             try:
-                result, alive = worker.receive(suite, limits, t0)
+                result, alive = worker.receive(limits, t0)
             except BaseException as e:  # delivered to the caller
                 fut.set_exception(e)
                 continue
