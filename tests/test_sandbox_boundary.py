@@ -211,7 +211,7 @@ def test_keyword_arguments_and_output_of_both_sides(pool):
      "]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]", Status.ERROR),
 ])
 def test_a_call_that_never_returns_normally_is_a_verdict(pool, body, status):
-    r = pool.submit(f"def f():\n    {body}\n", ["f()"], Limits(timeout_s=1.5)).result()
+    r = pool.submit(f"def f():\n    {body}\n", ["f()"], Limits(timeout_s=1.0)).result()
     assert r.status is status and not r.passed, r
 
 
@@ -284,6 +284,6 @@ def test_a_program_reading_the_plan_learns_no_earlier_answer(pool, monkeypatch):
                                          ("x = bytearray(8 << 30)", Status.MEMORY)])
 def test_the_evaluator_recovers_from_a_test_that_never_ends_or_exhausts_it(pool, test, status):
     prog = "def f(x):\n    return 2 * x\n"
-    r = pool.submit(prog, [test], Limits(timeout_s=1.5)).result()
+    r = pool.submit(prog, [test], Limits(timeout_s=1.0)).result()
     assert r.status is status, r
     assert all(run(pool, prog, ["assert f(2) == 4"]).passed for _ in range(3))
