@@ -198,12 +198,14 @@ def train(cfg: RunConfig, out_dir: str | Path, progress: bool = True) -> dict[st
     finally:
         metrics.close()
         backend.close()
+        sandbox_report = task.sandbox_report()  # final counts, before the pool closes
         task.close()
         for extra in transfer.values():
             extra.close()
 
     result = _result(cfg, status, reason, diverged_step, base_eval, final, last_train, ratios,
-                     beta, out, div, task, isolation, base, device, time.time() - t_start)
+                     beta, out, div, task, isolation, base, device, time.time() - t_start,
+                     sandbox_report)
     write_json_atomic(out / "result.json", result)
     return result
 
@@ -485,7 +487,7 @@ def _metric(value, direction: str) -> dict[str, Any]:
 
 
 def _result(cfg, status, reason, diverged_step, base_eval, final, last_train, ratios, beta,
-            out, div, task, isolation, base, device, wall):
+            out, div, task, isolation, base, device, wall, sandbox_report):
     metrics: dict[str, Any] = {}
     if base_eval is not None:
         metrics["base_accuracy"] = _metric(base_eval["accuracy"], "max")
@@ -543,7 +545,8 @@ def _result(cfg, status, reason, diverged_step, base_eval, final, last_train, ra
         "wall_time_s": round(wall, 2),
         "versions": {"task": type(task).version, "schema": SCHEMA_VERSION},
         "divergence_info": div.describe(),
-        "provenance": provenance({"sandbox_isolation": isolation, "device": str(device),
+        "provenance": provenance({"sandbox_isolation": isolation, "sandbox": sandbox_report,
+                                  "device": str(device),
                                   "float_env": float_environment(),
                                   "base_sha256": base.get("sha256")}),
         "config": cfg.to_dict(),

@@ -183,6 +183,9 @@ def test_two_step_pycode_cell_scores_through_the_sandbox(tmp_path):
     result = train(cfg, tmp_path / "cell", progress=False)
     assert result["status"] == "completed" and result["task"] == "pycode"
     assert result["provenance"]["sandbox_isolation"]  # every code reward names its isolation
+    report = result["provenance"]["sandbox"]
+    assert report["isolation"] == result["provenance"]["sandbox_isolation"]
+    assert report["runs"] > 0 and report["in_process_runs"] == 0  # pycode needs no fallback
 
 
 def test_two_step_gsm8k_cell_from_local_files(tmp_path, shared_data):

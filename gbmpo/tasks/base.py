@@ -80,6 +80,11 @@ class Task(ABC):
         """The sandbox isolation level rewards are computed under (None: no code is run)."""
         return None
 
+    def sandbox_report(self) -> dict[str, Any]:
+        """For code tasks: the sandbox level, the required minimum, and how many runs took the
+        declared in-process fallback (recorded in each result's provenance); else empty."""
+        return {}
+
     def close(self) -> None:
         """Release pools or worker processes. Safe to call more than once."""
 
