@@ -135,11 +135,16 @@ class CellEvaluator:
 
         seed = self.base.run.seed if seed is None else seed
         data = self.base.to_dict()
-        data["divergence"]["params"] = {"params_path": str(self.params_path(cand))}
         data["run"]["seed"] = seed
+        path = self.params_path(cand)
+        # the id hashes the parameter file's path relative to the search directory, so a
+        # committed search continues from any checkout; the cell itself gets the absolute path
+        data["divergence"]["params"] = {"params_path": str(path.relative_to(self.dir.resolve()))}
+        canonical = C.from_dict(data)
+        data["divergence"]["params"] = {"params_path": str(path)}
         cfg = C.from_dict(data)
         b = self.base
-        grid_id = cell_id(b.task.name, b.algorithm.name, "neural_mirror", seed, cfg)
+        grid_id = cell_id(b.task.name, b.algorithm.name, "neural_mirror", seed, canonical)
         cid = f"{cand.key}__{grid_id}"
         return Cell(cid, b.task.name, b.algorithm.name, "neural_mirror", seed, cfg,
                     base=b.pretrain.seed)

@@ -304,6 +304,17 @@ def test_several_rl_seeds_per_candidate_give_the_fitness_noise(tmp_path):
     assert len(ledger(tmp_path, "start")) == 8
 
 
+def test_a_search_directory_moved_elsewhere_continues_without_rerunning(tmp_path):
+    import shutil
+
+    search_in(tmp_path, tmp_path / "here" / "es", generations=1)
+    assert len(ledger(tmp_path, "start")) == 4
+    shutil.copytree(tmp_path / "here" / "es", tmp_path / "a" / "clone" / "es")
+    search_in(tmp_path, tmp_path / "a" / "clone" / "es", generations=2)  # one more generation
+    starts = ledger(tmp_path, "start")
+    assert len(starts) == 8 and not set(starts[4:]) & set(starts[:4])  # only the new ones ran
+
+
 def test_cmaes_through_cells_spends_its_budget_and_writes_the_best_candidate(tmp_path):
     pytest.importorskip("cmaes", reason="Optuna's CmaEsSampler needs: pip install cmaes")
     # in memory: a journal costs ~2 s per cmaes ask (380 parameters, one fsynced line each)
