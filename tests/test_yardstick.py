@@ -189,3 +189,24 @@ def test_shared_prompt_forward_equals_the_full_forward_in_values_and_gradients()
     got = completion_logits(model, ids, pmask, b.completion_ids[order], m[order], 0.7, group=4)
     want = completion_logits(model, ids, pmask, b.completion_ids[order], m[order], 0.7)
     assert torch.equal(got, want)
+
+
+def test_adaptive_beta_follows_the_batch_kl_in_a_real_cell(tmp_path):
+    """The trainer feeds the controller the batch's KL(pi || pi_0) measured before each update:
+    at step 1 the policy is pi_0 (KL 0, below any target: beta falls by the clipped 20% / horizon);
+    once the policy has moved, a target far below the KL raises beta and one far above lowers it."""
+    def betas(target):
+        cfg = _cfg(run={"steps": 3}, eval={"n": 2, "samples": 0},
+                   divergence={"name": "kl_k1", "beta": 0.5, "target_kl": target,
+                               "kl_horizon": 2.0})
+        train(cfg, tmp_path / f"t{target}", progress=False)
+        rows = [json.loads(x) for x in (tmp_path / f"t{target}" / "metrics.jsonl")
+                .read_text().splitlines()]
+        return [(x["beta"], x["kl_pi0"]) for x in rows if x["kind"] == "train"]
+
+    low = betas(1e-12)
+    assert low[0] == (pytest.approx(0.5), pytest.approx(0.0, abs=1e-7))
+    assert low[1][0] == pytest.approx(0.5 * 0.9)  # KL 0 at step 1: error clipped at -0.2
+    assert low[1][1] > 1e-12 and low[2][0] == pytest.approx(0.5 * 0.9 * 1.1)
+    high = betas(1e3)
+    assert [b for b, _ in high] == pytest.approx([0.5, 0.45, 0.405])
