@@ -14,7 +14,7 @@ import pkgutil
 import sys
 
 # torch's OpenMP workers spin at barriers by default; beside other CPU-bound work that burns
-# the time slices the work needs (issue 17's collapse). Sleeping waiters cost little here.
+# the time slices the work needs. Sleeping waiters cost little here.
 # Set before torch is imported, and inherited by every process the commands start.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import warnings

@@ -1,5 +1,5 @@
 """The Math-Verify fallback pool sizes itself to the cores this process may use, and its worker
-processes start no thread pools of their own (issue 17: no oversubscription)."""
+processes start no thread pools of their own (no oversubscription)."""
 
 from __future__ import annotations
 

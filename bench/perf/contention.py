@@ -6,7 +6,7 @@ Times `gbmpo-bench pretrain --set pretrain.steps=N --force` (a fresh local build
 cache, so nothing is reused) alone and beside 1 and 3 single-threaded busy loops (pure Python,
 one process each), and prints each time with its ratio to the time alone. On 2 cores a fair
 share is 2x beside one busy loop (the pretraining gets one core of two) and 4x beside three
-(half a core): the goal of issue 17 is at most 2.2x and 4x. The pretraining is left to size its
+(half a core); the target is at most 2.2x and 4x. The pretraining is left to size its
 own threads (OMP_NUM_THREADS is removed from its environment), as a user's run would be.
 """
 
