@@ -11,7 +11,8 @@ manifest RESULTS/<grid name>/grid.json; the leaderboard is printed at the end wh
 `leaderboards` package is available.
 
 Filter: comma-separated terms that must all hold: KEY=PAT[|PAT..], KEY!=PAT[|PAT..], or a bare
-glob on the cell id; KEY is task, algorithm, divergence, seed or id; PAT is an fnmatch glob.
+glob on the cell id; KEY is task, algorithm, divergence, seed, base, id or a swept key
+(e.g. divergence.beta=0.1|1.0); PAT is an fnmatch glob.
 
 Exit status: 0 when every selected cell finished (completed or diverged); 1 when any failed, timed
 out or was running under another runner; 2 for a bad grid, filter, or failed pretraining; 130
