@@ -155,7 +155,8 @@ def budget_table(board: Board) -> pd.DataFrame:
             out[f"{m} − {ref}"] = [
                 DASH if math.isnan(d) else f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
                 for d, lo, hi in zip(b[c], b[f"{c}_ci_low"], b[f"{c}_ci_high"], strict=True)]
-            out[f"p (Holm) vs {ref}"] = [_p(v) for v in b[f"{c}_p_adj"]]
+            # one p column per metric: a shared name would let the last metric overwrite the first
+            out[f"{m} p (Holm)"] = [_p(v) for v in b[f"{c}_p_adj"]]
     return out
 
 

@@ -217,7 +217,15 @@ def test_matched_budget_table_interpolates_along_each_sweep(tmp_path):
     lo, hi = pl.loc[0.22, ["accuracy_vs_kl_k3_ci_low", "accuracy_vs_kl_k3_ci_high"]]
     assert lo <= d <= hi
     assert np.isnan(k3.loc[0.22, "accuracy_vs_kl_k3"])
-    assert (tmp_path / "lb" / "matched_budget.md").read_text().count("\n| arith |") == 6
+    md = (tmp_path / "lb" / "matched_budget.md").read_text()
+    assert md.count("\n| arith |") == 6
+    # each metric keeps its own adjusted p-value column (one shared name once lost accuracy's)
+    from leaderboards.render import budget_table
+    shown = budget_table(s.board)
+    assert "accuracy p (Holm)" in shown.columns
+    row = shown[(shown["divergence"] == "probl2") & (shown["√KL budget"] == "0.22")].iloc[0]
+    want = pl.loc[0.22, "accuracy_vs_kl_k3_p_adj"]
+    assert row["accuracy p (Holm)"] == ("<0.001" if want < 1e-3 else f"{want:.3f}")
     assert (tmp_path / "lb" / "plots" / "arith_frontier.png").is_file()
     # budgets given by hand, and none outside a sweep's range is extrapolated
     from leaderboards.tables import matched_budget_table
