@@ -216,7 +216,8 @@ def test_loads_without_console_errors_or_network(page):
     assert b.errors() == []
     assert [u for u in b.requests() if not u.startswith(("file://", "data:"))] == []
     assert b.js("document.querySelectorAll('#table-board tbody tr.row').length") == len(board.table)
-    assert b.js("document.querySelectorAll('figure.plot img').length") == 3
+    # accuracy with CIs, against length, learning curves, frontier, pass@k, forgetting
+    assert b.js("document.querySelectorAll('figure.plot img').length") == 6
     assert b.js("[...document.querySelectorAll('figure.plot img')].every(i => i.naturalWidth > 0)")
 
 
@@ -242,14 +243,14 @@ def test_sort_by_a_column_and_read_back_the_rows(page):
 
 def test_filter_by_key_and_search(page):
     b, board, _ = page
-    b.choose("algorithm", "grpo")
+    b.choose("divergence", "kl_k3")
     rows = b.js(ROWS)
-    assert {r["algorithm"] for r in rows} == {"grpo"}
-    assert len(rows) == (board.table["algorithm"] == "grpo").sum() == 4
+    assert {r["divergence"] for r in rows} == {"kl_k3"}
+    assert len(rows) == (board.table["divergence"] == "kl_k3").sum() == 1
+    b.choose("divergence", "")
     b.search("probl2")
-    assert keys(b.js(ROWS)) == [("grpo", "probl2")]
-    assert b.js("document.querySelector('#sec-board .count').textContent") == "1 of 8 rows"
-    b.choose("algorithm", "")
+    assert keys(b.js(ROWS)) == [("dr_grpo", "probl2")]
+    assert b.js("document.querySelector('#sec-board .count').textContent") == "1 of 4 rows"
     b.search("")
     b.js("document.getElementById('sig-only').click()")
     # no difference in the tiny grid is significant: only the baseline row stays
@@ -280,7 +281,7 @@ def test_a_row_opens_its_cells_config_and_curves(page, tmp_path):
     assert 'divergence.name = "none"' in lines and "rollout.samples_per_prompt = 8" in lines
     assert b.js("[...document.querySelectorAll('tr.detail pre.config .differs')]"
                 ".map(e => e.textContent.split(' = ')[0])") == [
-        "algorithm.name", "divergence.beta", "divergence.name", "run.seed"]
+        "divergence.beta", "divergence.name", "pretrain.seed", "run.seed"]
     assert b.js("document.querySelectorAll('tr.detail .groupcurve polyline').length") == 2
     assert b.errors() == []
     png = b.screenshot(tmp_path / "report.png")
