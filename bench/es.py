@@ -2,7 +2,7 @@
 
 Each search is one Optuna study (maximize validation accuracy, `gbmpo.search`). Every
 candidate is an ordinary cell: a training run with divergence `neural_mirror`,
-`divergence.params.params_path` = the candidate's parameter file, `eval.split = "validation"`,
+`divergence.params.params` = the candidate's parameters, `eval.split = "validation"`,
 run by the grid executors (local processes or Ray) under SEARCH_DIR/cells/<key>__<cell id>/,
 with its parameters in SEARCH_DIR/candidates/<key>-<digest>.json. Cells are named by candidate
 (key: slot for gbmpo-es, trial number for cmaes; digest: of the parameter values), so a cell
@@ -39,7 +39,7 @@ ARTIFACT_NAME = "best_params.json"
 # ---- candidates as cells -------------------------------------------------------------------
 OWNED_KEYS = {"task.name": "--task", "algorithm.name": "--algorithm", "run.steps": "--steps",
               "run.seed": "--seed", "divergence.name": "the search (neural_mirror)",
-              "divergence.params": "the search (params_path = the candidate)",
+              "divergence.params": "the search (the candidate's parameters)",
               "eval.split": "the search (validation)"}
 
 
@@ -136,12 +136,14 @@ class CellEvaluator:
         seed = self.base.run.seed if seed is None else seed
         data = self.base.to_dict()
         data["run"]["seed"] = seed
-        path = self.params_path(cand)
+        rel = str(self.params_path(cand).relative_to(self.dir.resolve()))
         # the id hashes the parameter file's path relative to the search directory, so a
-        # committed search continues from any checkout; the cell itself gets the absolute path
-        data["divergence"]["params"] = {"params_path": str(path.relative_to(self.dir.resolve()))}
+        # committed search continues from any checkout; the cell itself carries the values
+        # (with that path as their label), so it runs on any node and names no local path
+        data["divergence"]["params"] = {"params_path": rel}
         canonical = C.from_dict(data)
-        data["divergence"]["params"] = {"params_path": str(path)}
+        data["divergence"]["params"] = {"params": [float(x) for x in cand.params],
+                                        "source": rel}
         cfg = C.from_dict(data)
         b = self.base
         grid_id = cell_id(b.task.name, b.algorithm.name, "neural_mirror", seed, canonical)

@@ -82,6 +82,20 @@ def test_neural_mirror_has_380_parameters_and_roundtrips(tmp_path):
     assert div.describe()["convexity_safe"]
 
 
+def test_neural_mirror_takes_its_parameters_inline_as_from_a_file(tmp_path):
+    theta = nm.random_params(5)
+    path = tmp_path / "phi.json"
+    nm.save_params(path, theta)
+    from_file = DIVERGENCES.get("neural_mirror")(params_path=str(path))
+    inline = DIVERGENCES.get("neural_mirror")(params=theta.tolist(), source="candidates/x.json")
+    assert torch.equal(inline.theta, from_file.theta)
+    assert inline.describe()["params_source"] == "inline (candidates/x.json)"
+    with pytest.raises(ValueError, match="380 numbers, got 3"):
+        DIVERGENCES.get("neural_mirror")(params=[0.0, 1.0, 2.0])
+    with pytest.raises(ValueError, match="not both"):
+        DIVERGENCES.get("neural_mirror")(params=theta.tolist(), params_path=str(path))
+
+
 def test_neural_mirror_flags_unsafe_parameters(tmp_path):
     theta = nm.random_params(0)
     theta[-2] = -5.0  # a: a strongly negative quadratic term makes h concave

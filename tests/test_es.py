@@ -367,6 +367,12 @@ def test_real_search_through_the_cli_then_a_neural_mirror_es_cell(tmp_path):
     assert len(results) >= 6  # 4 + (4, or 2 beside 2 carried elites)
     for r in map(json.loads, map(Path.read_text, results)):
         assert r["eval"]["split"] == "validation" and r["divergence"] == "neural_mirror"
+        # each cell carries its candidate's values, names no local directory, and labels them
+        # with the candidate file's path inside the search directory
+        params = r["config"]["divergence"]["params"]
+        assert str(tmp_path) not in json.dumps(r["config"])
+        assert params["params"] == json.loads((out / params["source"]).read_text())["params"]
+        assert r["divergence_info"]["params_source"] == f"inline ({params['source']})"
     assert (out / "convergence.png").is_file() and (out / "fitness_history.csv").is_file()
 
 
@@ -412,8 +418,8 @@ def fake_train(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     text = Path(args.config).read_text()
     cfg = tomllib.loads(text)
-    params_path = Path(cfg["divergence"]["params"]["params_path"])
-    key = params_path.stem.rsplit("-", 1)[0]  # <key>-<digest of the parameters>
+    params = cfg["divergence"]["params"]
+    key = Path(params["source"]).stem.rsplit("-", 1)[0]  # <key>-<digest of the parameters>
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.toml").write_text(text)
@@ -423,8 +429,7 @@ def fake_train(argv: list[str]) -> int:
         print("the fake trainer was told to crash", file=sys.stderr)
         return 3
     # the RL seed moves fitness a little, as it does in real training (seed 0: none)
-    value = surrogate(np.array(json.loads(params_path.read_text())["params"])) \
-        + 0.01 * cfg["run"]["seed"]
+    value = surrogate(np.array(params["params"])) + 0.01 * cfg["run"]["seed"]
     (out / "metrics.jsonl").write_text(json.dumps({"kind": "eval", "step": 0}) + "\n")
     result = {"schema_version": 1, "cell_id": out.name, "grid": None, "task": "arith",
               "algorithm": cfg["algorithm"]["name"], "divergence": cfg["divergence"]["name"],

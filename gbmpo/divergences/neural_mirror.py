@@ -139,10 +139,24 @@ class NeuralMirror(Divergence):
 
     params_path: JSON parameter file (from `save_params` or an ES search); empty -> random
     Uniform[0, init_scale) drawn from the run seed.
+    params: the parameter values themselves (instead of a file), as an ES search's candidate
+    cells carry them, so that a cell runs on any machine; `source` then names where they come
+    from (a label, not read).
     """
 
-    def __init__(self, params_path: str = "", init_scale: float = 0.01, seed: int = 0) -> None:
-        if params_path:
+    def __init__(self, params_path: str = "", init_scale: float = 0.01, seed: int = 0,
+                 params: list[float] | None = None, source: str = "") -> None:
+        if params is not None and params_path:
+            raise ValueError("neural_mirror takes divergence.params.params or "
+                             "divergence.params.params_path, not both")
+        if params is not None:
+            if len(params) != N_PARAMS or not all(
+                    isinstance(x, (int, float)) and not isinstance(x, bool) for x in params):
+                raise ValueError(f"divergence.params.params must be {N_PARAMS} numbers, got "
+                                 f"{len(params)} values")
+            self.theta, self.provenance = torch.tensor(params, dtype=torch.float64), {}
+            self.source = f"inline ({source})" if source else "inline"
+        elif params_path:
             self.theta, self.provenance = load_params(params_path)
             self.source = str(params_path)
         else:
