@@ -25,11 +25,12 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import wait as futures_wait
-from dataclasses import dataclass
 from typing import Any
 
+from sandbox._bwrap import BWRAP_ROOT, PKG_DIR, bwrap_argv
 from sandbox._cgroup import Cgroups
 from sandbox._compile import Compiler
+from sandbox._isolation import IsolationReport, warn_lowest
 from sandbox._worker import frame, write_msg
 from sandbox.result import (
     LEVEL_FEATURES,
@@ -44,17 +45,11 @@ from sandbox.result import (
 )
 
 _MIN_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
-_PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 # The worker imports only its own modules, not the package (whose __init__ pulls in this
 # pool, threading and more): every module it holds makes each fork dearer, and threading's
 # and random's after-fork hooks alone cost a program hundreds of page faults.
 _BOOT = ("import sys, types; pkg = types.ModuleType('sandbox'); pkg.__path__ = [{pkg!r}]; "
          "sys.modules['sandbox'] = pkg; from sandbox._worker import main; main()")
-_BWRAP_ROOT = "/tmp/gbmpo-sandbox"
-# Capabilities the (trusted) worker keeps inside bubblewrap when the caller is root: to drop
-# each program to its own uid, chown its scratch directory, signal it and clean up after it.
-_WORKER_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_CHOWN", "CAP_DAC_OVERRIDE",
-                "CAP_FOWNER")
 _START_TIMEOUT_S = 60.0
 _PIPELINE_MAX_BYTES = 16 << 10  # well under a pipe's 64 KiB
 _REPLY_MARGIN_S = 30.0
@@ -74,79 +69,6 @@ def _next_uid() -> int:
     with _uid_lock:
         _uid_counter += 1
         return 1_000_000_000 + (os.getpid() % 1_000_000) * 1024 + _uid_counter % 1024
-
-
-# What each start-up check needs (shown when a required level is out of reach).
-HOW_TO_GET = {
-    "rlimits": "setrlimit must work (it always does on Linux, unless the hard limits are "
-               "already below the requested ones: raise them with `ulimit -H`)",
-    "session": "setsid() must work (a normal process can always call it)",
-    "scratch": "a writable temporary directory (check TMPDIR and free space)",
-    "subreaper": "Linux >= 3.4 (prctl PR_SET_CHILD_SUBREAPER)",
-    "unprivileged": "as root: CAP_SETUID and CAP_SETGID, to give programs an unused uid "
-                    "(or run as a normal user)",
-    "seccomp": "an x86_64 or aarch64 kernel with seccomp filters (CONFIG_SECCOMP_FILTER); "
-               "inside a container, its seccomp profile must allow prctl(PR_SET_SECCOMP)",
-    "landlock": "Linux >= 5.13 with Landlock among the active security modules (see "
-                "/sys/kernel/security/lsm; add it with the lsm= boot parameter); a container "
-                "runtime's seccomp profile must allow the landlock_* system calls",
-    "namespaces": "bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf "
-                  "install bubblewrap); inside a container it also needs user namespaces "
-                  "(or CAP_SYS_ADMIN)",
-}
-
-
-@dataclass(frozen=True)
-class IsolationReport:
-    level: Isolation
-    checks: dict[str, Check]
-
-    def failed(self) -> list[Check]:
-        return [c for c in self.checks.values() if not c.ok]
-
-    def missing(self, level: Isolation | str) -> list[str]:
-        """For each feature that `level` needs and that failed here: what happened and how
-        to get it."""
-        lvl = Isolation.parse(level)
-        out = []
-        for need in Isolation:
-            if need > lvl:
-                break
-            for name in LEVEL_FEATURES[need]:
-                c = self.checks.get(name, Check(name, False, "not checked"))
-                if not c.ok:
-                    out.append(f"{name} ({need.name.lower()} level): {c.detail}; "
-                               f"to get it: {HOW_TO_GET[name]}")
-        return out
-
-    def require(self, level: Isolation | str, what: str = "") -> None:
-        """Raise IsolationError, naming every missing feature and how to get it, when the
-        level here is below `level`. `what` says who requires it (for the message)."""
-        lvl = Isolation.parse(level)
-        if self.level >= lvl:
-            return
-        lines = "\n  ".join(self.missing(lvl))
-        raise IsolationError(
-            f"{what or 'the caller'} requires sandbox isolation {lvl.name.lower()}, but here it "
-            f"is {self.level.name.lower()}. Missing:\n  {lines}\n"
-            "Run `python -m sandbox isolation` to see every check.")
-
-
-    def format(self) -> str:
-        lines = [f"isolation level: {self.level.name.lower()} ({int(self.level)} of "
-                 f"{len(Isolation)})"]
-        for lvl in Isolation:
-            lines.append(f"  [{lvl.name.lower()}]")
-            for name in LEVEL_FEATURES[lvl]:
-                c = self.checks.get(name, Check(name, False, "not checked"))
-                lines.append(f"    {'ok  ' if c.ok else 'FAIL'} {name:<13} {c.detail}")
-        extra = [c for n, c in self.checks.items()
-                 if not any(n in f for f in LEVEL_FEATURES.values())]
-        if extra:
-            lines.append("  [extra]")
-            for c in extra:
-                lines.append(f"    {'ok  ' if c.ok else 'FAIL'} {c.name:<13} {c.detail}")
-        return "\n".join(lines)
 
 
 def _host_namespaces() -> dict[str, str]:
@@ -222,10 +144,10 @@ class _Worker:
             self.cgroups = self.cgroups or Cgroups.create_leaf(p.cg_version, p.cg_bases,
                                                                f"w{self.slot}")
             cfg["cgroup"] = {"version": self.cgroups.version, "leaves": self.cgroups.leaves}
-        python = [sys.executable, "-I", "-c", _BOOT.format(pkg=_PKG_DIR)]
+        python = [sys.executable, "-I", "-c", _BOOT.format(pkg=PKG_DIR)]
         if use_bwrap:
-            cfg["root"] = _BWRAP_ROOT
-            argv = _bwrap_argv(p.limits.scratch_mb, self.cgroups.dirs() if self.cgroups else [])
+            cfg["root"] = BWRAP_ROOT
+            argv = bwrap_argv(p.limits.scratch_mb, self.cgroups.dirs() if self.cgroups else [])
             return argv + ["--"] + python, cfg
         if self.host_root is None:
             self.host_root = tempfile.mkdtemp(prefix="gbmpo-sandbox-")
@@ -352,72 +274,6 @@ class _StartError(RuntimeError):
     pass
 
 
-_PRIVATE_DIRS = ("/tmp", "/dev", "/proc")  # what bubblewrap mounts afresh over the host's
-
-
-def interpreter_paths() -> list[str]:
-    """Everything the worker's interpreter needs that bubblewrap's fresh /tmp (or /dev,
-    /proc) would hide: the interpreter and its prefixes (a virtual environment created
-    under /tmp, as in a scratch checkout or a CI clone), its import paths, and this package.
-    Each is bound read-only at the same place inside; nested paths are dropped."""
-    import site
-    import sysconfig
-
-    exe = sys.executable
-    found = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
-             os.path.dirname(exe), os.path.dirname(os.path.realpath(exe)), _PKG_DIR,
-             *site.getsitepackages(), *sysconfig.get_paths().values(),
-             *(p for p in sys.path if p and os.path.isabs(p))}
-    found |= {os.path.realpath(p) for p in found}
-    hidden = sorted(os.path.normpath(p) for p in found
-                    if any(os.path.normpath(p).startswith(d + "/") for d in _PRIVATE_DIRS)
-                    and os.path.exists(p))
-    out: list[str] = []
-    for p in hidden:
-        if not any(p == q or p.startswith(q + "/") for q in out):
-            out.append(p)
-    return out
-
-
-def _bwrap_argv(scratch_mb: int, rw_dirs: list[str]) -> list[str]:
-    """bubblewrap around a worker. As root, no user namespace is needed, and the worker
-    keeps the few capabilities it needs to drop each program to its own uid."""
-    argv = [shutil.which("bwrap") or "bwrap", "--die-with-parent", "--new-session",
-            "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
-    if os.geteuid() != 0:
-        argv += ["--unshare-user"]
-    argv += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-             "--size", str(scratch_mb << 20), "--tmpfs", "/tmp"]
-    for d in interpreter_paths():
-        argv += ["--ro-bind", d, d]
-    for d in rw_dirs:
-        argv += ["--bind", d, d]
-    if os.geteuid() == 0:
-        # CAP_SYS_RESOURCE only to exempt the worker from its cgroup's OOM killer
-        for cap in _WORKER_CAPS + (("CAP_SYS_RESOURCE",) if rw_dirs else ()):
-            argv += ["--cap-add", cap]
-    return argv + ["--chdir", "/"]
-
-
-_warned = False
-
-
-def _warn_lowest(checks: dict[str, Check]) -> None:
-    global _warned
-    if _warned:
-        return
-    _warned = True
-    failed = [f"{c.name} ({c.detail})" for c in checks.values() if not c.ok]
-    bar = "!" * 78
-    sys.stderr.write(
-        f"\n{bar}\n!! sandbox: untrusted code runs at the LOWEST isolation level (rlimits).\n"
-        "!! Programs can reach the network, read and write your files, and signal your\n"
-        "!! processes. Verdicts are not trustworthy against deliberate attacks.\n"
-        f"!! Not in force: {'; '.join(failed) or '-'}\n"
-        "!! Use --require-isolation / require_isolation() to refuse to run like this.\n"
-        f"{bar}\n\n")
-
-
 def _release(workers: list[_Worker], cg_bases: dict[str, str]) -> None:
     for w in workers:
         w.close()
@@ -506,7 +362,7 @@ class Pool:
             self.close()
             raise
         if self.level == Isolation.RLIMITS:
-            _warn_lowest(self.checks)
+            warn_lowest(self.checks)
 
     @property
     def report(self) -> IsolationReport:

@@ -237,7 +237,7 @@ def test_broken_bubblewrap_falls_back_and_says_why(monkeypatch):
     if _shutil.which("bwrap") is None:
         pytest.skip("bubblewrap (bwrap) is not installed: nothing to fall back from")
     monkeypatch.setattr(sandbox.pool, "_bwrap_broken", None)
-    monkeypatch.setattr(sandbox.pool, "_bwrap_argv",
+    monkeypatch.setattr(sandbox.pool, "bwrap_argv",
                         lambda *a: ["/bin/sh", "-c", "echo bwrap: no permission >&2; exit 1"])
     with Pool(1) as p:
         assert p.level < Isolation.NAMESPACES
@@ -280,7 +280,9 @@ def test_detect_reports_every_check():
 
 
 def test_capped_level_is_recorded_in_results_and_warns(capfd, monkeypatch):
-    monkeypatch.setattr(sandbox.pool, "_warned", False)  # the warning is once per process
+    import sandbox._isolation
+
+    monkeypatch.setattr(sandbox._isolation, "_warned", False)  # once per process
     with Pool(1, isolation="rlimits") as p:
         r = p.submit(ADD, ["assert add(1, 1) == 2"]).result()
     assert r.passed and r.isolation == "rlimits"

@@ -41,8 +41,8 @@ def test_namespaces_level_from_a_venv_under_tmp(tmp_venv):
 def test_package_and_venv_both_under_tmp_run_programs(tmp_venv, tmp_path):
     shutil.copytree(ROOT / "sandbox", tmp_path / "sandbox",
                     ignore=shutil.ignore_patterns("__pycache__"))
-    code = ("import sandbox, sandbox.pool as p\n"
-            "print(p.interpreter_paths())\n"
+    code = ("import sandbox, sandbox._bwrap as b\n"
+            "print(b.interpreter_paths())\n"
             "r = sandbox.run('def f(x):\\n    return x + 1', ['assert f(1) == 2'])\n"
             "print(r.status.value, r.isolation)\n")
     p = subprocess.run([str(tmp_venv / "bin" / "python"), "-c", code], cwd=tmp_path,
