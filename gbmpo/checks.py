@@ -78,7 +78,7 @@ def check_plugin_output(kind: str, name: str, tensor: object, mask_BT: torch.Ten
     bad_BT = ~torch.isfinite(tensor.detach()) & mask_BT
     if bool(bad_BT.any()):
         row, col = (int(i) for i in bad_BT.nonzero()[0])
-        value = float(tensor[row, col])
+        value = float(tensor.detach()[row, col])
         raise PluginOutputError(
             f"{kind} {name!r}: {what}() is not finite on {int(bad_BT.sum())} of "
             f"{int(mask_BT.sum())} completion tokens (where view.mask is True); first at row "

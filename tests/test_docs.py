@@ -7,9 +7,9 @@ stands for any text (`metrics.pass@<k>`). The present cell says when the key is 
 `always`, a comma-separated list of statuses (`completed`, `diverged`, `failed`, `timeout`), or
 text starting with `only` (a condition; such keys are documented but never required).
 
-Checked against real files: a completed 2-step cell written by the trainer (alone and as stamped
-by the grid runner) and the results the grid runner writes for failed and timed-out cells.
-Not produced here (so their required keys are not checked): diverged cells.
+Checked against real files: a completed 2-step cell and a diverged one written by the trainer
+(each alone and as stamped by the grid runner) and the results the grid runner writes for
+failed and timed-out cells.
 """
 
 import fnmatch
@@ -117,6 +117,37 @@ def test_completed_cell_matches_the_doc(tmp_path, grid_cell):
     stamp(grid, cell, tmp_path / "cell", result, force=True)
     stamped = json.loads((tmp_path / "cell" / "result.json").read_text())
     check(stamped, "a completed cell as the grid runner leaves it")
+
+
+def test_diverged_cell_matches_the_doc(tmp_path, grid_cell, monkeypatch):
+    """A penalty that turns non-finite at step 2 (after the step-1 contract check passed): the
+    trainer stops with a non-finite loss and writes a diverged result."""
+    import gbmpo.trainer as T
+    from bench.runner import stamp
+    from gbmpo.divergences.kl import KLk1
+
+    step = [0]
+    rl_step, per_token = T._rl_step, KLk1.per_token
+
+    def counted(cfg, n, *args, **kwargs):
+        step[0] = n
+        return rl_step(cfg, n, *args, **kwargs)
+
+    def nan_from_step_2(self, view):
+        d = per_token(self, view)
+        return d if step[0] < 2 else d * float("nan")
+
+    monkeypatch.setattr(T, "_rl_step", counted)
+    monkeypatch.setattr(KLk1, "per_token", nan_from_step_2)
+    fast = json.loads(json.dumps(FAST))
+    fast["run"]["steps"] = 3  # the last step checks the plugins again; step 2 does not
+    result = T.train(C.from_dict(fast), tmp_path / "cell", progress=False)
+    assert (result["status"], result["diverged_step"]) == ("diverged", 2), result["reason"]
+    check(result, "a diverged cell written by the trainer")
+    grid, cell = grid_cell
+    stamp(grid, cell, tmp_path / "cell", result, force=True)
+    stamped = json.loads((tmp_path / "cell" / "result.json").read_text())
+    check(stamped, "a diverged cell as the grid runner leaves it")
 
 
 @pytest.mark.parametrize("status", ["failed", "timeout"])
