@@ -90,8 +90,10 @@ def test_neural_mirror_takes_its_parameters_inline_as_from_a_file(tmp_path):
     inline = DIVERGENCES.get("neural_mirror")(params=theta.tolist(), source="candidates/x.json")
     assert torch.equal(inline.theta, from_file.theta)
     assert inline.describe()["params_source"] == "inline (candidates/x.json)"
-    with pytest.raises(ValueError, match="380 numbers, got 3"):
+    with pytest.raises(ValueError, match="380 numbers, got 3 numbers"):
         DIVERGENCES.get("neural_mirror")(params=[0.0, 1.0, 2.0])
+    with pytest.raises(ValueError, match="380 numbers, got \\['a'"):
+        DIVERGENCES.get("neural_mirror")(params=["a"] * 380)
     with pytest.raises(ValueError, match="not both"):
         DIVERGENCES.get("neural_mirror")(params=theta.tolist(), params_path=str(path))
 

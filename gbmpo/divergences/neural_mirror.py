@@ -150,10 +150,12 @@ class NeuralMirror(Divergence):
             raise ValueError("neural_mirror takes divergence.params.params or "
                              "divergence.params.params_path, not both")
         if params is not None:
-            if len(params) != N_PARAMS or not all(
-                    isinstance(x, (int, float)) and not isinstance(x, bool) for x in params):
-                raise ValueError(f"divergence.params.params must be {N_PARAMS} numbers, got "
-                                 f"{len(params)} values")
+            numbers = isinstance(params, (list, tuple)) and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) for x in params)
+            if not numbers or len(params) != N_PARAMS:
+                got = f"{len(params)} numbers" if numbers else repr(params)[:60]
+                raise ValueError(f"divergence.params.params must be a list of {N_PARAMS} "
+                                 f"numbers, got {got}")
             self.theta, self.provenance = torch.tensor(params, dtype=torch.float64), {}
             self.source = f"inline ({source})" if source else "inline"
         elif params_path:
